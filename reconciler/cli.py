@@ -1,0 +1,195 @@
+"""The `reconcile` command: parses, calls the engine, maps outcomes to exit codes. No engine work here.
+
+Exit codes: 0 no drift, 1 drift found, 2 usage/config/rules error, 3 runtime failure.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from reconciler import engine
+from reconciler.config import Settings, load_settings
+from reconciler.errors import ReconcilerError, UsageError
+from reconciler.result import RunResult
+
+EXIT_OK, EXIT_DRIFT, EXIT_USAGE, EXIT_FAILURE = 0, 1, 2, 3
+
+
+def _fail(exc: ReconcilerError, debug: bool) -> None:
+    if debug:
+        raise exc
+    click.echo(f"reconcile: error: {exc}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def _guard(fn: Callable[..., int]) -> Callable[..., None]:
+    """The one error boundary: typed errors become one line and their exit code; --debug shows the traceback."""
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        debug = bool(click.get_current_context().find_root().params.get("debug"))
+        try:
+            code = fn(*args, **kwargs)
+        except ReconcilerError as exc:
+            _fail(exc, debug)
+        except KeyboardInterrupt:
+            click.echo("reconcile: interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:  # a bug or an unexpected library error: still one line unless --debug
+            if debug:
+                raise
+            click.echo(f"reconcile: unexpected error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+                       err=True)
+            sys.exit(EXIT_FAILURE)
+        sys.exit(code)
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+def _settings(ctx: click.Context, **overrides: Any) -> Settings:
+    root = ctx.find_root().params
+    flat = {"postgres.dsn": root.get("pg_dsn"), "firestore.project": root.get("firestore_project")}
+    flat.update(overrides)
+    return load_settings(root.get("config"), overrides=flat)
+
+
+class _Progress:
+    """A one-line progress display on a terminal; silent in cron (stderr not a TTY)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.started = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, entity: str, collection: str, records: int, drifted: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last < 0.25:
+            return
+        self.last = now
+        rate = records / max(now - self.started, 1e-6)
+        click.echo(f"\r{entity}/{collection}: {records:,} records, {drifted:,} drifted, {rate:,.0f}/s   ", nl=False,
+                   err=True)
+
+    def done(self) -> None:
+        if self.enabled:
+            click.echo("\r" + " " * 78 + "\r", nl=False, err=True)
+
+
+def _summary(result: RunResult) -> str:
+    lines = []
+    for e in result.entities:
+        c = e.counts
+        if e.error:
+            lines.append(f"{e.entity}: FAILED: {e.error}")
+            continue
+        lines.append(f"{e.entity}: {c.postgres:,} in Postgres, {c.firestore:,} in Firestore, {c.matched:,} matched, "
+                     f"{c.mismatched:,} mismatched, {c.missing_in_firestore:,} missing in Firestore, "
+                     f"{c.missing_in_postgres:,} missing in Postgres ({e.duration_s:.1f} s)")
+        for field, n in list(e.field_counts.items())[:5]:
+            lines.append(f"    {n:,} x {field}")
+    return "\n".join(lines)
+
+
+def _split_ids(values: tuple[str, ...]) -> tuple[str, ...] | None:
+    ids = tuple(i for v in values for i in v.replace(",", " ").split())
+    return ids or None
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", type=click.Path(path_type=Path), envvar="RECONCILER_CONFIG",
+              help="TOML settings file [default: config/reconciler.toml if present; env RECONCILER_CONFIG].")
+@click.option("--entity", "entities", multiple=True, metavar="NAME",
+              help="Audit this entity (repeatable). Its rules are RULES_DIR/NAME.yaml.")
+@click.option("--all", "all_entities", is_flag=True, help="Audit every entity in the config's audit.entities.")
+@click.option("--report-dir", type=click.Path(path_type=Path),
+              help="Write report.json and report.html here [env RECONCILER_REPORT_DIR].")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N",
+              help="A quick look: only the first N records (in key order) of each entity, with their subdocuments.")
+@click.option("--ids", multiple=True, metavar="ID[,ID...]", help="Audit only these document IDs (repeatable).")
+@click.option("--pg-dsn", help="Postgres connection string [env RECONCILER_PG_DSN; else libpq's PG* variables].")
+@click.option("--firestore-project", help="Google Cloud project [env GOOGLE_CLOUD_PROJECT]. "
+                                          "FIRESTORE_EMULATOR_HOST selects the emulator.")
+@click.option("--progress/--no-progress", default=None, help="Progress line on stderr [default: when it is a terminal].")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.pass_context
+def main(ctx: click.Context, config: Path | None, entities: tuple[str, ...], all_entities: bool,
+         report_dir: Path | None, limit: int | None, ids: tuple[str, ...], pg_dsn: str | None,
+         firestore_project: str | None, progress: bool | None, debug: bool) -> None:
+    """Audit drift between PostgreSQL and Firestore.
+
+    \b
+    Examples:
+      reconcile --entity customers                    audit one entity
+      reconcile --all --report-dir out/               every enabled entity, JSON + HTML report
+      reconcile --entity customers --limit 100        a quick look at the first 100 customers
+      reconcile --entity customers --ids ID1,ID2      just these records (incident triage)
+      reconcile rules check --entity customers        validate rules against the live schema
+
+    \b
+    Exit codes: 0 no drift, 1 drift found, 2 usage/config/rules error, 3 runtime failure
+    (unreachable database...).
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    _guard(_audit)(ctx, entities, all_entities, report_dir, limit, ids, progress)
+
+
+def _audit(ctx: click.Context, entities: tuple[str, ...], all_entities: bool, report_dir: Path | None,
+           limit: int | None, ids: tuple[str, ...], progress: bool | None) -> int:
+    if not entities and not all_entities:
+        raise UsageError("say which entities to audit: --entity NAME (repeatable) or --all (see --help)")
+    if limit and ids:
+        raise UsageError("--limit and --ids do not combine: --ids already names the records")
+    settings = _settings(ctx, **{"audit.report_dir": str(report_dir) if report_dir else None})
+    names = list(entities)
+    if all_entities:
+        names += settings.entities or sorted(p.stem for p in settings.rules_dir.glob("*.yaml"))
+    show = _Progress(sys.stderr.isatty() if progress is None else progress)
+    result = engine.run_audit(settings, names, ids=_split_ids(ids), limit=limit, progress=show)
+    show.done()
+    click.echo(_summary(result))
+    if settings.report_dir is not None:
+        from reconciler.report import write_reports
+
+        paths = write_reports(result, settings.report_dir)
+        click.echo(f"report: {paths.html}\n        {paths.json}")
+    if result.failed:
+        return EXIT_FAILURE
+    return EXIT_DRIFT if result.has_drift else EXIT_OK
+
+
+@main.group()
+def rules() -> None:
+    """Work with the mapping rules (RULES_DIR/<entity>.yaml)."""
+
+
+@rules.command("check")
+@click.option("--entity", "entities", multiple=True, metavar="NAME", help="Check this entity (default: all).")
+@click.option("--offline", is_flag=True, help="Only parse and validate the files; do not connect to Postgres.")
+@click.pass_context
+def rules_check(ctx: click.Context, entities: tuple[str, ...], offline: bool) -> None:
+    """Validate rules files, and (unless --offline) every table and column they name against the live schema."""
+    _guard(_rules_check)(ctx, entities, offline)
+
+
+def _rules_check(ctx: click.Context, entities: tuple[str, ...], offline: bool) -> int:
+    settings = _settings(ctx)
+    names = list(entities) or sorted(p.stem for p in settings.rules_dir.glob("*.yaml"))
+    if not names:
+        raise UsageError(f"no rules files in {settings.rules_dir}")
+    loaded = engine.load_rules(settings, names)
+    if not offline:
+        engine.check_rules(loaded, engine.live_schema(settings, [t for r in loaded for t in r.tables()]))
+    for r in loaded:
+        n = sum(len(d.columns) + len(d.geopoints) + sum(len(e.columns) for e in d.embeds) for d in r.documents)
+        click.echo(f"{r.file}: ok ({r.entity}: {n} mapped columns, {len(r.subcollections)} subcollections"
+                   f"{', checked against the live schema' if not offline else ''})")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Settings: a TOML file, then environment variables, then command-line flags (strongest last).
+
+Every key is known and typed; an unknown key, a wrong type or an environment variable that is set but
+empty is a ConfigError naming the file and the key (exit code 2).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from reconciler.errors import ConfigError
+
+DEFAULT_CONFIG = Path("config/reconciler.toml")
+
+
+@dataclass(frozen=True)
+class PostgresSettings:
+    dsn: str = ""  # empty: libpq's own PG* environment variables (PGHOST, PGUSER, PGPASSWORD, ...)
+    itersize: int = 2000  # rows per server-side cursor round trip
+
+
+@dataclass(frozen=True)
+class FirestoreSettings:
+    project: str | None = None  # None: the client's default (GOOGLE_CLOUD_PROJECT, credentials)
+    page_size: int = 10_000  # documents per query; large pages stream faster than small ones
+    timeout_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    source: str  # the config file read, or "(defaults)"
+    rules_dir: Path
+    entities: tuple[str, ...] = ()  # what --all audits; empty: every rules file in rules_dir
+    max_findings: int = 1000  # findings kept per entity in the report (counts always cover everything)
+    report_dir: Path | None = None
+    postgres: PostgresSettings = field(default_factory=PostgresSettings)
+    firestore: FirestoreSettings = field(default_factory=FirestoreSettings)
+
+
+_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "postgres": {"dsn": str, "itersize": int},
+    "firestore": {"project": str, "page_size": int, "timeout_s": (int, float)},
+    "audit": {"rules_dir": str, "entities": list, "max_findings": int, "report_dir": str},
+}
+
+ENV = {
+    "RECONCILER_PG_DSN": ("postgres", "dsn"),
+    "GOOGLE_CLOUD_PROJECT": ("firestore", "project"),
+    "RECONCILER_RULES_DIR": ("audit", "rules_dir"),
+    "RECONCILER_REPORT_DIR": ("audit", "report_dir"),
+}
+
+
+def _check(data: dict[str, Any], file: str) -> None:
+    for section, values in data.items():
+        if section not in _SCHEMA:
+            raise ConfigError(f"unknown section (known: {', '.join(_SCHEMA)})", file=file, key=f"[{section}]")
+        if not isinstance(values, dict):
+            raise ConfigError("must be a table", file=file, key=section)
+        for key, value in values.items():
+            expected = _SCHEMA[section].get(key)
+            if expected is None:
+                raise ConfigError(f"unknown key (known: {', '.join(_SCHEMA[section])})", file=file, key=f"{section}.{key}")
+            if isinstance(value, bool) or not isinstance(value, expected):
+                names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
+                raise ConfigError(f"must be {names}, got {value!r}", file=file, key=f"{section}.{key}")
+            if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
+                raise ConfigError(f"must be positive, got {value!r}", file=file, key=f"{section}.{key}")
+    for name in data.get("audit", {}).get("entities", []):
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"entity names must be non-empty strings, got {name!r}", file=file, key="audit.entities")
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}", file=str(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", file=str(path)) from None
+
+
+def load_settings(config: Path | None = None, env: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> Settings:
+    """config: --config; else RECONCILER_CONFIG; else config/reconciler.toml if it exists; else defaults.
+
+    overrides: flags from the command line, as {"postgres.dsn": ..., "firestore.project": ...}.
+    Relative paths in the file are relative to the file's directory.
+    """
+    env = os.environ if env is None else env
+    if config is None and env.get("RECONCILER_CONFIG") is not None:
+        if not env["RECONCILER_CONFIG"].strip():
+            raise ConfigError("is set but empty", key="RECONCILER_CONFIG")
+        config = Path(env["RECONCILER_CONFIG"])
+    if config is None and DEFAULT_CONFIG.is_file():
+        config = DEFAULT_CONFIG
+    data: dict[str, Any] = {}
+    base = Path.cwd()
+    source = "(defaults)"
+    if config is not None:
+        if not config.is_file():
+            raise ConfigError("no such file", file=str(config))
+        data = _read(config)
+        _check(data, str(config))
+        base, source = config.resolve().parent, str(config)
+    for var, (section, key) in ENV.items():
+        if var in env:
+            if not env[var].strip():
+                raise ConfigError("is set but empty: unset it or give a value", key=var)
+            data.setdefault(section, {})[key] = env[var]
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            section, key = dotted.split(".", 1)
+            data.setdefault(section, {})[key] = value
+    _check(data, source)
+    pg, fs, audit = data.get("postgres", {}), data.get("firestore", {}), data.get("audit", {})
+    report_dir = audit.get("report_dir")
+    return Settings(
+        source=source,
+        rules_dir=base / audit.get("rules_dir", "rules"),
+        entities=tuple(audit.get("entities", ())),
+        max_findings=audit.get("max_findings", Settings.max_findings),
+        report_dir=base / report_dir if report_dir else None,
+        postgres=replace(PostgresSettings(), **pg),
+        firestore=replace(FirestoreSettings(), **{k: float(v) if k == "timeout_s" else v for k, v in fs.items()}),
+    )

@@ -1,0 +1,247 @@
+"""One function that runs an audit and returns a RunResult; the CLI (and later the scheduler) wrap it.
+
+Per document kind of an entity (the root collection, then each subcollection): both sides stream in
+key order on their own threads (reading and mapping into canonical records, with bounded buffers), the
+main thread merge-joins them and diffs what both sides have.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import queue
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+from reconciler.config import Settings
+from reconciler.diff import diff_records
+from reconciler.errors import RulesError, RuntimeFailure
+from reconciler.keys import Key, Scope, id_sort_key, merge_join
+from reconciler.mapping import FirestoreMapper, PostgresMapper, shape_of
+from reconciler.result import Counts, EntityResult, Finding, FindingKind, RunResult
+from reconciler.rules import EntityRules, load_entity
+from reconciler.rules.model import DocumentSpec
+from reconciler.rules.schema_check import check_against_schema
+from reconciler.sources import firestore as fs_source
+from reconciler.sources import postgres as pg_source
+
+T = TypeVar("T")
+Progress = Callable[[str, str, int, int], None]  # (entity, collection, records so far, drifted so far)
+
+
+def _no_progress(entity: str, collection: str, records: int, drifted: int) -> None:
+    pass
+
+
+# ---------------------------------------------------------------- bounded read-ahead on a thread
+
+class _Done:
+    pass
+
+
+def prefetch(items: Iterable[T], size: int = 2000, name: str = "prefetch") -> Iterator[T]:
+    """Run `items` on a thread, at most `size` ahead of the consumer; its errors re-raise here."""
+    buf: queue.Queue[Any] = queue.Queue(maxsize=size)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                buf.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_Done)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put(exc)
+
+    thread = threading.Thread(target=produce, name=name, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = buf.get()
+            if item is _Done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+# ---------------------------------------------------------------- one entity
+
+@dataclass
+class _Tally:
+    max_findings: int
+    counts: Counter[str] = field(default_factory=Counter)
+    fields: Counter[str] = field(default_factory=Counter)
+    findings: list[Finding] = field(default_factory=list)
+
+    def add(self, finding: Finding | None) -> None:
+        if finding is None:
+            self.counts["matched"] += 1
+            return
+        self.counts[finding.kind.value if finding.kind != FindingKind.MISMATCH else "mismatched"] += 1
+        for pattern in dict.fromkeys(f.pattern for f in finding.fields):
+            self.fields[pattern] += 1
+        if len(self.findings) < self.max_findings:
+            self.findings.append(finding)
+
+    @property
+    def drifted(self) -> int:
+        return self.counts["mismatched"] + self.counts["missing_in_firestore"] + self.counts["missing_in_postgres"]
+
+
+def document_path(rules: EntityRules, doc: DocumentSpec, key: Key) -> str:
+    if doc.parent is None:
+        return f"{doc.collection}/{key[0]}"
+    return f"{rules.root.collection}/{key[0]}/{doc.collection}/{key[1]}"
+
+
+@dataclass
+class Sides:
+    """Open connections to both databases for one run."""
+
+    pg: Any  # psycopg.Connection
+    fs: Any  # firestore.Client
+    settings: Settings
+    schema: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def audit_entity(rules: EntityRules, sides: Sides, scope: Scope, progress: Progress = _no_progress) -> EntityResult:
+    started = time.monotonic()
+    tally = _Tally(sides.settings.max_findings)
+    pg_source.begin_snapshot(sides.pg)
+    try:
+        pg_reader = pg_source.PostgresReader(sides.pg, sides.schema, itersize=sides.settings.postgres.itersize)
+        fs_reader = fs_source.FirestoreReader(sides.fs, page_size=sides.settings.firestore.page_size,
+                                              timeout=sides.settings.firestore.timeout_s)
+        for doc in rules.documents:
+            _audit_documents(rules, doc, pg_reader, fs_reader, scope, tally, progress)
+    finally:
+        sides.pg.rollback()
+    c = tally.counts
+    counts = Counts(postgres=c["postgres"], firestore=c["firestore"], matched=c["matched"],
+                    mismatched=c["mismatched"], missing_in_firestore=c["missing_in_firestore"],
+                    missing_in_postgres=c["missing_in_postgres"])
+    return EntityResult(entity=rules.entity, source_of_truth=rules.source_of_truth, counts=counts,
+                        findings=tuple(tally.findings), findings_truncated=tally.drifted > len(tally.findings),
+                        field_counts=dict(tally.fields.most_common()), duration_s=time.monotonic() - started)
+
+
+def _audit_documents(rules: EntityRules, doc: DocumentSpec, pg_reader: pg_source.PostgresReader,
+                     fs_reader: fs_source.FirestoreReader, scope: Scope, tally: _Tally, progress: Progress) -> None:
+    pg_map = PostgresMapper(doc, rules.compare)
+    fs_map = FirestoreMapper(doc, rules.compare)
+    shape = shape_of(doc)
+    pg_records = ((k, pg_map.record(*raw)) for k, raw in pg_reader.stream(doc, scope))
+    fs_records = ((k, fs_map.record(d)) for k, d in fs_reader.stream(doc, scope, rules.root.collection))
+    n = 0
+    for key, pg, fs in merge_join(prefetch(pg_records, name="postgres"), prefetch(fs_records, name="firestore"),
+                                  entity=rules.entity):
+        n += 1
+        tally.counts["postgres"] += pg is not None
+        tally.counts["firestore"] += fs is not None
+        if fs is None:
+            tally.add(Finding(document_path(rules, doc, key), FindingKind.MISSING_IN_FIRESTORE))
+        elif pg is None:
+            tally.add(Finding(document_path(rules, doc, key), FindingKind.MISSING_IN_POSTGRES))
+        else:
+            fields = diff_records(shape, pg, fs, rules.compare)
+            tally.add(Finding(document_path(rules, doc, key), FindingKind.MISMATCH, fields) if fields else None)
+        if n % 1000 == 0:
+            progress(rules.entity, doc.collection, n, tally.drifted)
+    progress(rules.entity, doc.collection, n, tally.drifted)
+
+
+# ---------------------------------------------------------------- a run
+
+def load_rules(settings: Settings, entities: Iterable[str]) -> list[EntityRules]:
+    return [load_entity(settings.rules_dir, e) for e in dict.fromkeys(entities)]
+
+
+def check_rules(loaded: list[EntityRules], schema: dict[str, dict[str, str]]) -> None:
+    """Every table and column the rules name must exist; all problems are raised as one error."""
+    problems = [p for r in loaded for p in check_against_schema(r, schema)]
+    if problems:
+        raise RulesError("the rules do not match the database:\n  " + "\n  ".join(str(p) for p in problems))
+
+
+def open_sides(settings: Settings, tables: Iterable[str]) -> Sides:
+    pg = pg_source.connect(settings.postgres.dsn)
+    try:
+        fs = fs_source.connect(settings.firestore.project)
+        schema = pg_source.fetch_schema(pg, tuple(tables))
+        pg.rollback()
+    except BaseException:
+        pg.close()
+        raise
+    return Sides(pg=pg, fs=fs, settings=settings, schema=schema)
+
+
+def limit_scope(rules: EntityRules, sides: Sides, limit: int) -> Scope:
+    """The first `limit` root records: up to the smaller of both sides' limit-th ID, so neither side is cut short."""
+    pg_reader = pg_source.PostgresReader(sides.pg, sides.schema)
+    fs_reader = fs_source.FirestoreReader(sides.fs, page_size=limit)
+    doc = rules.root
+    pg_source.begin_snapshot(sides.pg)
+    try:
+        pg_keys = [k for k, _ in _take(pg_reader.stream(doc, Scope()), limit)]
+    finally:
+        sides.pg.rollback()
+    fs_keys = [k for k, _ in _take(fs_reader.stream(doc, Scope(), doc.collection), limit)]
+    lasts = [keys[-1][0] for keys in (pg_keys, fs_keys) if len(keys) == limit]
+    return Scope(upper=min(lasts, key=id_sort_key)) if lasts else Scope()
+
+
+def _take(items: Iterator[T], n: int) -> list[T]:
+    out = []
+    for item in items:
+        out.append(item)
+        if len(out) >= n:
+            break
+    return out
+
+
+def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ...] | None = None,
+              limit: int | None = None, progress: Progress = _no_progress) -> RunResult:
+    """Audit each entity; a runtime failure of one entity is recorded in its result and the others go on."""
+    started = dt.datetime.now(dt.timezone.utc)
+    rules_list = load_rules(settings, entities)
+    sides = open_sides(settings, [t for r in rules_list for t in r.tables()])
+    try:
+        check_rules(rules_list, sides.schema)
+        results = []
+        for rules in rules_list:
+            try:
+                scope = Scope(ids=ids) if ids else (limit_scope(rules, sides, limit) if limit else Scope())
+                results.append(audit_entity(rules, sides, scope, progress))
+            except RuntimeFailure as exc:
+                results.append(EntityResult(entity=rules.entity, source_of_truth=rules.source_of_truth,
+                                            counts=Counts(), findings=(), findings_truncated=False, error=str(exc)))
+    finally:
+        sides.pg.close()
+    return RunResult(run_id=uuid.uuid4().hex[:12], mode="audit", started_at=started,
+                     finished_at=dt.datetime.now(dt.timezone.utc), entities=tuple(results))
+
+
+
+
+def live_schema(settings: Settings, tables: Iterable[str]) -> dict[str, dict[str, str]]:
+    conn = pg_source.connect(settings.postgres.dsn)
+    try:
+        return pg_source.fetch_schema(conn, tuple(tables))
+    finally:
+        conn.close()

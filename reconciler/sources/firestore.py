@@ -1,0 +1,131 @@
+"""Firestore side: client, and key-ordered streams of documents.
+
+Root documents stream from `collection.order_by("__name__")`; subcollection documents from one
+collection-group query ordered by `__name__`, which yields them in (parent ID, child ID) order, the
+same order as the Postgres child table's (parent, key). Documents of same-named collection groups
+under other parents are passed over. Long streams are cheaper than short pages on Firestore, so pages
+are large; after a transient error the stream resumes after the last document it delivered.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Iterator
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+
+from reconciler.errors import RuntimeFailure
+from reconciler.keys import Key, Scope
+from reconciler.rules.model import DocumentSpec
+
+TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError, gexc.Aborted,
+             gexc.TooManyRequests)
+
+
+def connect(project: str | None, *, timeout: float = 10.0) -> firestore.Client:
+    """A client for the project (FIRESTORE_EMULATOR_HOST is honoured by the client), checked reachable."""
+    try:
+        client = firestore.Client(project=project) if project else firestore.Client()
+    except Exception as exc:  # google.auth's DefaultCredentialsError and friends: one line, no traceback
+        raise RuntimeFailure(f"firestore: cannot create a client: {_one_line(exc)}") from None
+    where = os.environ.get("FIRESTORE_EMULATOR_HOST") or "Google Cloud"
+    try:  # fail fast with a clear cause instead of retrying for minutes against nothing
+        list(client.collections(retry=None, timeout=timeout))
+    except Exception as exc:
+        raise RuntimeFailure(f"firestore: cannot reach {where} (project {client.project!r}): {_one_line(exc)}") from None
+    return client
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]
+
+
+class FirestoreReader:
+    def __init__(self, client: firestore.Client, *, page_size: int = 10_000, retries: int = 5,
+                 timeout: float = 300.0) -> None:
+        self.client = client
+        self.page_size = page_size
+        self.retries = retries
+        self.timeout = timeout
+
+    def stream(self, doc: DocumentSpec, scope: Scope, root_collection: str) -> Iterator[tuple[Key, dict[str, Any]]]:
+        """(key, document fields) in key order: key = (ID,) for root documents, (parent ID, ID) for subdocuments."""
+        if doc.parent is None:
+            if scope.ids is not None:
+                yield from self._root_by_ids(doc.collection, scope)
+            else:
+                yield from self._root(doc.collection, scope)
+        elif scope.ids is not None:
+            yield from self._children_by_ids(root_collection, doc.collection, scope)
+        else:
+            yield from self._children(root_collection, doc.collection, scope)
+
+    def _root(self, collection: str, scope: Scope) -> Iterator[tuple[Key, dict[str, Any]]]:
+        for snap in self._paged(lambda: self.client.collection(collection).order_by("__name__")):
+            if scope.past_upper(snap.id):
+                return
+            yield (snap.id,), snap.to_dict() or {}
+
+    def _children(self, root: str, name: str, scope: Scope) -> Iterator[tuple[Key, dict[str, Any]]]:
+        for snap in self._paged(lambda: self.client.collection_group(name).order_by("__name__")):
+            parts = snap.reference.path.split("/")
+            if len(parts) != 4 or parts[0] != root:
+                continue  # a same-named collection under another parent
+            if scope.past_upper(parts[1]):
+                return
+            yield (parts[1], parts[3]), snap.to_dict() or {}
+
+    def _root_by_ids(self, collection: str, scope: Scope) -> Iterator[tuple[Key, dict[str, Any]]]:
+        refs = [self.client.collection(collection).document(i) for i in scope.sorted_ids()]
+        snaps = {s.id: s for s in self._call(lambda: list(self.client.get_all(refs)))}
+        for i in scope.sorted_ids():
+            snap = snaps.get(i)
+            if snap is not None and snap.exists:
+                yield (i,), snap.to_dict() or {}
+
+    def _children_by_ids(self, root: str, name: str, scope: Scope) -> Iterator[tuple[Key, dict[str, Any]]]:
+        for parent in scope.sorted_ids():
+            query = self.client.collection(root).document(parent).collection(name).order_by("__name__")
+            for snap in self._call(lambda: list(query.stream(timeout=self.timeout))):
+                yield (parent, snap.id), snap.to_dict() or {}
+
+    def _paged(self, make_query: Callable[[], Any]) -> Iterator[Any]:
+        """Every document of the query, in pages of page_size, resuming after the last one on transient errors."""
+        last = None
+        while True:
+            got = 0
+            attempt = 0
+            while True:
+                query = make_query().limit(self.page_size)
+                if last is not None:
+                    query = query.start_after(last)
+                try:
+                    for snap in query.stream(timeout=self.timeout):
+                        got += 1
+                        last = snap
+                        yield snap
+                    break
+                except TRANSIENT as exc:
+                    attempt += 1
+                    if attempt > self.retries:
+                        raise RuntimeFailure(f"firestore: {_one_line(exc)} (after {self.retries} retries)") from None
+                    time.sleep(min(30.0, 0.5 * 2 ** attempt))
+                except gexc.GoogleAPICallError as exc:
+                    raise RuntimeFailure(f"firestore: {_one_line(exc)}") from None
+            if got < self.page_size:
+                return
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except TRANSIENT as exc:
+                if attempt == self.retries:
+                    raise RuntimeFailure(f"firestore: {_one_line(exc)} (after {self.retries} retries)") from None
+                time.sleep(min(30.0, 0.5 * 2 ** (attempt + 1)))
+            except gexc.GoogleAPICallError as exc:
+                raise RuntimeFailure(f"firestore: {_one_line(exc)}") from None
+        raise AssertionError("unreachable")

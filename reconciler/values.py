@@ -1,0 +1,40 @@
+"""Canonical scalar types shared by both sides, and their JSON form for reports."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from decimal import Decimal
+from typing import Any, NamedTuple
+
+
+class Geo(NamedTuple):
+    """A point, whichever side it came from (Firestore GeoPoint, or two Postgres columns)."""
+
+    latitude: float
+    longitude: float
+
+
+def to_json(value: Any) -> Any:
+    """Canonical value -> JSON value: timestamps as ISO-8601 (UTC), GeoPoints as {latitude, longitude}."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else repr(value)
+    if isinstance(value, Geo):
+        return {"latitude": value.latitude, "longitude": value.longitude}
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.timezone.utc)
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, bytes):
+        return {"bytes_base64": base64.b64encode(value).decode()}
+    return str(value)

@@ -1,0 +1,102 @@
+"""Field-level diff of canonical records: tolerances, NULL == absent, sets, maps, type changes."""
+
+import datetime as dt
+
+from reconciler.diff import diff_records
+from reconciler.mapping import FirestoreMapper, shape_of
+from reconciler.rules.loader import parse_entity
+from reconciler.rules.model import CompareOptions
+from reconciler.values import Geo
+
+RULES = """\
+entity: things
+source_of_truth: postgres
+collection: things
+table: things
+key: id
+compare: {number_tolerance: 0.001}
+columns:
+  id:
+  price:
+  age: {tolerance: 1}
+  seen_at:
+  seen_late_at: {tolerance: 2}
+  payload:
+  active:
+geopoints:
+  - {field: location.geo, latitude: lat, longitude: lon}
+embed:
+  - {table: tag_rows, join: thing_id, as: set, set_key: [kind, name], into: tags,
+     columns: {kind: , name: , weight: }}
+  - {table: src_rows, join: thing_id, as: map, map_key: source, into: sources, columns: {external_id: id}}
+"""
+R = parse_entity(RULES, "things.yaml")
+SHAPE = shape_of(R.root)
+CMP = R.compare
+T0 = dt.datetime(2025, 1, 1, 12, 0, 0, 123456, tzinfo=dt.timezone.utc)
+
+
+def paths(a, b, compare=CMP):
+    return {f.path: (f.postgres, f.firestore) for f in diff_records(SHAPE, a, b, compare)}
+
+
+def test_identical_records_have_no_diff():
+    rec = {"id": "x", "price": 1.5, "tags": [{"kind": "a", "name": "b", "weight": 1}]}
+    assert diff_records(SHAPE, rec, dict(rec), CMP) == ()
+
+
+def test_numbers_within_tolerance_are_equal_and_beyond_are_not():
+    assert paths({"price": 10.0}, {"price": 10.0005}) == {}
+    assert paths({"price": 10}, {"price": 10.0}) == {}
+    assert paths({"price": 8456.0}, {"price": 8465.0}) == {"price": (8456.0, 8465.0)}
+    assert paths({"age": 7}, {"age": 8}) == {}
+    assert paths({"age": 7}, {"age": 9}) == {"age": (7, 9)}
+
+
+def test_timestamps_compare_as_instants_with_declared_tolerance():
+    other_tz = T0.astimezone(dt.timezone(dt.timedelta(hours=5)))
+    assert paths({"seenAt": T0}, {"seenAt": other_tz}) == {}
+    assert paths({"seenAt": T0}, {"seenAt": T0 + dt.timedelta(microseconds=1)}) != {}
+    assert paths({"seenLateAt": T0}, {"seenLateAt": T0 + dt.timedelta(seconds=2)}) == {}
+
+
+def test_geopoints_with_tolerance():
+    assert paths({"location": {"geo": Geo(34.0522, -118.2437)}}, {"location": {"geo": Geo(34.0522001, -118.2437)}}) == {}
+    assert paths({"location": {"geo": Geo(34.0522, -118.2437)}}, {"location": {"geo": Geo(35.0, -118.2437)}}) == {
+        "location.geo": (Geo(34.0522, -118.2437), Geo(35.0, -118.2437))}
+
+
+def test_null_and_absent_are_equal_by_default_but_not_when_the_rules_say_so():
+    assert paths({"payload": {"a": 1, "b": None}}, {"payload": {"a": 1}}) == {}
+    strict = CompareOptions(null_equals_absent=False, number_tolerance=0.001)
+    assert paths({"payload": {"a": 1, "b": None}}, {"payload": {"a": 1}}, strict) == {"payload.b": (None, None)}
+
+
+def test_json_maps_report_the_deep_path():
+    assert paths({"payload": {"a": {"b": [1, 2, 3]}}}, {"payload": {"a": {"b": [1, 5, 3]}}}) == {"payload.a.b[1]": (2, 5)}
+
+
+def test_sets_match_elements_by_key_whatever_the_order():
+    a = [{"kind": "k", "name": "n1", "weight": 1}, {"kind": "k", "name": "n2", "weight": 2}]
+    assert paths({"tags": a}, {"tags": list(reversed(a))}) == {}
+    b = [{"kind": "k", "name": "n1", "weight": 1}, {"kind": "k", "name": "n2", "weight": 3}]
+    assert paths({"tags": a}, {"tags": b}) == {"tags[k,n2].weight": (2, 3)}
+    assert paths({"tags": a}, {"tags": a[:1]}) == {"tags[k,n2]": (a[1], None)}
+
+
+def test_keyed_maps_report_the_key():
+    assert paths({"sources": {"shopify": {"id": "1"}}}, {"sources": {"shopify": {"id": "2"}}}) == {
+        "sources.shopify.id": ("1", "2")}
+    assert paths({"sources": {"shopify": {"id": "1"}}}, {}) == {"sources.shopify": ({"id": "1"}, None)}
+
+
+def test_a_value_of_the_wrong_kind_is_reported_not_crashed_on():
+    fs = FirestoreMapper(R.root, CMP).record({"location": "nowhere", "tags": {"not": "a list"}, "price": "12"})
+    assert paths({"location": {"geo": Geo(1.0, 2.0)}, "price": 12.0}, fs) == {
+        "location": ({"geo": Geo(1.0, 2.0)}, "nowhere"), "tags": (None, {"not": "a list"}), "price": (12.0, "12")}
+
+
+def test_patterns_generalise_data_dependent_parts():
+    out = diff_records(SHAPE, {"sources": {"a": {"id": "1"}}, "tags": [{"kind": "k", "name": "n", "weight": 1}]},
+                       {"sources": {"a": {"id": "2"}}, "tags": [{"kind": "k", "name": "n", "weight": 2}]}, CMP)
+    assert sorted(f.pattern for f in out) == ["sources.*.id", "tags[].weight"]

@@ -1,0 +1,81 @@
+"""Rules files: the customers rules load; broken files give errors that name the file and the line."""
+
+from pathlib import Path
+
+import pytest
+
+from reconciler.errors import RulesError
+from reconciler.rules import load_entity
+from reconciler.rules.loader import parse_entity
+from reconciler.rules.schema_check import check_against_schema
+
+RULES = Path(__file__).parents[1] / "rules"
+
+MINIMAL = """\
+entity: things
+source_of_truth: postgres
+collection: things
+table: things
+key: id
+columns:
+  id:
+  display_name:
+"""
+
+
+def test_customers_rules_load_with_every_section():
+    r = load_entity(RULES, "customers")
+    assert r.source_of_truth == "postgres"
+    assert {e.table: e.kind for e in r.root.embeds} == {
+        "customer_sources": "map", "customer_metrics": "one", "customer_demographics": "one",
+        "customer_risk_assessments": "latest", "customer_engagement": "one", "customer_segments": "set"}
+    assert [s.collection for s in r.subcollections] == ["addresses", "ipAddresses", "activities"]
+    risk = next(e for e in r.root.embeds if e.into == ("risk",))
+    assert next(c for c in risk.columns if c.name == "sift_score").path == ("externalScores", "sift")
+
+
+def test_default_naming_is_camel_case_and_identity_is_one_line():
+    r = parse_entity(MINIMAL, "things.yaml")
+    assert [c.path for c in r.root.columns] == [("id",), ("displayName",)]
+    r = parse_entity(MINIMAL.replace("key: id", "key: id\nnaming: identity"), "things.yaml")
+    assert [c.path for c in r.root.columns] == [("id",), ("display_name",)]
+
+
+@pytest.mark.parametrize("text, line, words", [
+    (MINIMAL + "colour: red\n", 9, "unknown key 'colour'"),
+    (MINIMAL.replace("  display_name:\n", "  display_name: {feild: x}\n"), 8, "unknown key 'feild'"),
+    (MINIMAL + "  title: displayName\n", 9, "mapped twice (first at line 8)"),
+    (MINIMAL + "  id:\n", 9, "duplicate"),
+    (MINIMAL + "  nested: displayName.first\n", 9, "inside 'displayName'"),
+    (MINIMAL.replace("source_of_truth: postgres", "source_of_truth: both"), 2, "source_of_truth"),
+    (MINIMAL + "embed:\n  - table: t2\n    join: thing_id\n    as: many\n    into: x\n", 12, "as must be one of"),
+    (MINIMAL + "embed:\n  - table: t2\n    join: thing_id\n    as: set\n    into: x\n    columns: {a: }\n", 10,
+     "needs 'set_key'"),
+    (MINIMAL.replace("  display_name:\n", "  display_name: {tolerance: -1}\n"), 8, "non-negative"),
+    ("entity: things\n  bad: [indent\n", 2, "invalid YAML"),
+])
+def test_broken_rules_name_file_and_line(text, line, words):
+    with pytest.raises(RulesError) as exc:
+        parse_entity(text, "rules/things.yaml")
+    assert exc.value.file == "rules/things.yaml"
+    assert exc.value.line == line, str(exc.value)
+    assert words.lower() in str(exc.value).lower()
+    assert str(exc.value).startswith(f"rules/things.yaml:{line}:")
+
+
+def test_entity_name_must_match_the_file(tmp_path):
+    (tmp_path / "widgets.yaml").write_text(MINIMAL)
+    with pytest.raises(RulesError, match="named for 'widgets'"):
+        load_entity(tmp_path, "widgets")
+    with pytest.raises(RulesError, match="no rules for entity 'nope'"):
+        load_entity(tmp_path, "nope")
+
+
+def test_schema_check_names_unknown_tables_and_columns_with_lines():
+    r = parse_entity(MINIMAL, "things.yaml")
+    assert check_against_schema(r, {"things": {"id": "uuid", "display_name": "text"}}) == []
+    problems = check_against_schema(r, {"things": {"id": "uuid"}})
+    assert [(p.line, "things.display_name does not exist" in str(p)) for p in problems] == [(8, True)]
+    problems = check_against_schema(r, {})
+    assert "table 'things' does not exist" in str(problems[0])
+
