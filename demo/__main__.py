@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -19,7 +21,6 @@ from google.cloud import firestore
 
 from demo import customers
 from reconciler import sandbox
-from reconciler.cli import main as reconcile
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "demo-reconciler"
@@ -59,12 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         _load(dsn, client, args.customers, args.seed)
         cmd = ["--entity", "customers", "--report-dir", str(args.report_dir)]
         print(f"demo: reconcile {' '.join(cmd)}")
-        try:
-            reconcile.main(cmd, standalone_mode=False)
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        print(f"demo: reconcile exited with {code} ({ {0: 'no drift', 1: 'drift found'}.get(code, 'error') })")
+        t0 = time.monotonic()
+        code = subprocess.run([sys.executable, "-m", "reconciler.cli", *cmd]).returncode  # as a user runs it
+        took = time.monotonic() - t0
+        peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(f"demo: reconcile exited with {code} ({ {0: 'no drift', 1: 'drift found'}.get(code, 'error') }) "
+              f"in {took:.1f} s, peak memory {peak_mib:.0f} MiB")
         print(f"demo: open {args.report_dir / 'report.html'}")
         if args.keep:
             print("demo: servers are up; in another shell:\n"

@@ -100,7 +100,7 @@ def _split_ids(values: tuple[str, ...]) -> tuple[str, ...] | None:
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", type=click.Path(path_type=Path), envvar="RECONCILER_CONFIG",
+@click.option("--config", type=click.Path(path_type=Path),
               help="TOML settings file [default: config/reconciler.toml if present; env RECONCILER_CONFIG].")
 @click.option("--entity", "entities", multiple=True, metavar="NAME",
               help="Audit this entity (repeatable). Its rules are RULES_DIR/NAME.yaml.")
