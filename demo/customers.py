@@ -287,7 +287,7 @@ def _engagement_spec() -> Spec:
 
 def _root(g: _Gen, c: Customer) -> None:
     first, last = g.pick(FIRST), g.pick(LAST)
-    email = f"{first}.{last}{g.int(999)}@Example.com".replace("'", "")
+    email = f"{first}.{last}.{c.id[:8]}@Example.com".replace("'", "")  # UNIQUE in the seed
     spec: Spec = [
         _s("email", lambda _: email, nullable=False),
         _s("phone", lambda g: f"+1310{g.int(9999999, 1000000)}"),
