@@ -212,60 +212,41 @@ def _install_signal_handlers() -> None:
 # The watchdog: a separate process, in its own session (so Ctrl-C does not reach it), that blocks
 # reading a pipe from us. We write "disarm" before closing it on an orderly stop; if the pipe closes
 # without it, we died without cleaning up, and it carries out the plan.
-_WATCHDOG_CODE = r"""
-import json, os, shutil, signal, subprocess, sys, time
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-plan = json.loads(sys.argv[1])
-try:
-    data = sys.stdin.buffer.read()
-except BaseException:
-    data = b""
-if b"disarm" in data:
-    sys.exit(0)
-def alive(pgid):
+def _watchdog(plan_json: str) -> None:
+    """The watchdog process's body (run as `python -c`, see _start_watchdog)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    plan = json.loads(plan_json)
     try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    if not os.path.isdir("/proc"):
-        return True
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                stat = open("/proc/%s/stat" % pid).read()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(")") + 2:].split()
-            if fields[0] != "Z" and int(fields[2]) == pgid:
-                return True
-    return False
-for action in plan:
-    try:
-        if action["do"] == "killpg":
-            pgid = action["pgid"]
-            for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-                try:
-                    os.killpg(pgid, sig)
-                except ProcessLookupError:
-                    break
-                end = time.time() + wait
-                while time.time() < end and alive(pgid):
-                    time.sleep(0.1)
-                if not alive(pgid):
-                    break
-        elif action["do"] == "run":
-            kw = {}
-            if action.get("uid") is not None:
-                kw = dict(user=action["uid"], group=action["gid"], extra_groups=[])
-            subprocess.run(action["cmd"], cwd=action.get("cwd") or "/", stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, **kw)
-        elif action["do"] == "rmtree":
-            shutil.rmtree(action["path"], ignore_errors=True)
-    except Exception:
-        pass
-"""
+        data = sys.stdin.buffer.read()
+    except BaseException:
+        data = b""
+    if b"disarm" in data:
+        return
+    for action in plan:
+        with contextlib.suppress(Exception):
+            if action["do"] == "killpg":
+                pgid = action["pgid"]
+                for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+                    try:
+                        os.killpg(pgid, sig)
+                    except ProcessLookupError:
+                        break
+                    end = time.time() + wait
+                    while time.time() < end and _group_alive(pgid):
+                        time.sleep(0.1)
+                    if not _group_alive(pgid):
+                        break
+            elif action["do"] == "run":
+                kw: dict[str, Any] = {}
+                if action.get("uid") is not None:
+                    kw = dict(user=action["uid"], group=action["gid"], extra_groups=[])
+                subprocess.run(action["cmd"], cwd=action.get("cwd") or "/", stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, **kw)
+            elif action["do"] == "rmtree":
+                shutil.rmtree(action["path"], ignore_errors=True)
+
+
+_WATCHDOG_CODE = "import sys; from reconciler.sandbox import _watchdog; _watchdog(sys.argv[1])"
 
 
 def _start_watchdog(plan: list[dict[str, Any]]) -> subprocess.Popen[bytes] | None:
@@ -273,7 +254,7 @@ def _start_watchdog(plan: list[dict[str, Any]]) -> subprocess.Popen[bytes] | Non
         return subprocess.Popen(
             [sys.executable, "-c", _WATCHDOG_CODE, json.dumps(plan)],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, cwd="/",
+            start_new_session=True, cwd="/", env=_clean_env(PYTHONPATH=str(Path(__file__).resolve().parents[1])),
         )
     except OSError:  # the watchdog is a safety net, not a requirement
         return None
