@@ -89,13 +89,13 @@ class _Tally:
     fields: Counter[str] = field(default_factory=Counter)
     findings: list[Finding] = field(default_factory=list)
 
-    def add(self, finding: Finding | None) -> None:
+    def add(self, finding: Finding | None, field_prefix: str = "") -> None:
         if finding is None:
             self.counts["matched"] += 1
             return
         self.counts[finding.kind.value if finding.kind != FindingKind.MISMATCH else "mismatched"] += 1
         for pattern in dict.fromkeys(f.pattern for f in finding.fields):
-            self.fields[pattern] += 1
+            self.fields[field_prefix + pattern] += 1
         if len(self.findings) < self.max_findings:
             self.findings.append(finding)
 
@@ -149,6 +149,7 @@ def _audit_documents(rules: EntityRules, doc: DocumentSpec, pg_reader: pg_source
     pg_records = ((k, pg_map.record(*raw)) for k, raw in pg_reader.stream(doc, scope))
     fs_records = ((k, fs_map.record(d)) for k, d in fs_reader.stream(doc, scope, rules.root.collection))
     n = 0
+    field_prefix = "" if doc.parent is None else f"{doc.collection}/"  # "ipAddresses/isp.name" in per-field counts
     for key, pg, fs in merge_join(prefetch(pg_records, name="postgres"), prefetch(fs_records, name="firestore"),
                                   entity=rules.entity):
         n += 1
@@ -160,7 +161,8 @@ def _audit_documents(rules: EntityRules, doc: DocumentSpec, pg_reader: pg_source
             tally.add(Finding(document_path(rules, doc, key), FindingKind.MISSING_IN_POSTGRES))
         else:
             fields = diff_records(shape, pg, fs, rules.compare)
-            tally.add(Finding(document_path(rules, doc, key), FindingKind.MISMATCH, fields) if fields else None)
+            tally.add(Finding(document_path(rules, doc, key), FindingKind.MISMATCH, fields) if fields else None,
+                      field_prefix)
         if n % 1000 == 0:
             progress(rules.entity, doc.collection, n, tally.drifted)
     progress(rules.entity, doc.collection, n, tally.drifted)

@@ -155,3 +155,13 @@ def test_rules_check_against_the_live_seed_schema(loaded, tmp_path, monkeypatch)
     assert f"customers.yaml:{line}: columns: column customers.phone_normalised does not exist" in bad.output
     audit = CliRunner().invoke(main, ["--entity", "customers"])  # the audit refuses the same rules up front
     assert audit.exit_code == 2 and "phone_normalised" in audit.output
+
+
+def test_per_field_counts_name_the_subcollection(loaded, fs_client):
+    settings, people = loaded
+    ip = _with(people, lambda p: p.subcollections.get("ipAddresses"))
+    ip_id = next(iter(ip.subcollections["ipAddresses"]))
+    fs_client.collection("customers").document(ip.id).collection("ipAddresses").document(ip_id).update({"isp.name": "x"})
+    fs_client.collection("customers").document(people[0].id).update({"metrics.totalOrders": -5})
+    e = run_audit(settings, ["customers"]).entities[0]
+    assert e.field_counts == {"ipAddresses/isp.name": 1, "metrics.totalOrders": 1}
