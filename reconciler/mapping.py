@@ -20,7 +20,7 @@ from google.cloud.firestore_v1 import GeoPoint
 from google.cloud.firestore_v1.document import DocumentReference
 
 from reconciler.rules.model import Column, CompareOptions, DocumentSpec, Embed, GeoPointRule, Path
-from reconciler.values import Geo
+from reconciler.values import FALSE, TRUE, Bool, Geo, plain
 
 UTC = dt.timezone.utc
 Row = tuple[Any, ...]
@@ -48,7 +48,7 @@ _CANON: dict[type, Callable[[Any], Any]] = {
     str: lambda v: v,
     int: lambda v: v,
     float: lambda v: v,
-    bool: lambda v: v,
+    bool: lambda v: TRUE if v else FALSE,
     type(None): lambda v: v,
     Decimal: _decimal,
     dt.datetime: _datetime,
@@ -65,6 +65,7 @@ _CANON: dict[type, Callable[[Any], Any]] = {
     bytes: lambda v: v,
     GeoPoint: lambda v: Geo(v.latitude, v.longitude),
     Geo: lambda v: v,
+    Bool: lambda v: v,
 }
 
 
@@ -82,7 +83,7 @@ def canon(value: Any) -> Any:
 
 
 def _as_number(v: Any) -> Any:
-    if isinstance(v, bool) or v is None:
+    if isinstance(v, Bool) or v is None:
         return v
     if isinstance(v, (int, float)):
         return v
@@ -360,18 +361,18 @@ def to_firestore(node: Node, value: Any) -> Any:
     if isinstance(node, Leaf):
         if node.geo and isinstance(value, Geo):
             return GeoPoint(value.latitude, value.longitude)
-        return value
+        return plain(value)
     if isinstance(node, Branch) and isinstance(value, dict):
         return {k: to_firestore(node.children[k], v) if k in node.children else v for k, v in value.items()}
     if isinstance(node, KeyedMap) and isinstance(value, dict):
         return {k: to_firestore(node.element, v) for k, v in value.items()}
     if isinstance(node, KeyedSet) and isinstance(value, list):
         return [to_firestore(node.element, v) for v in value]
-    return value
+    return plain(value)
 
 
 def _section_row(columns: tuple[Column, ...], geopoints: tuple[GeoPointRule, ...], record: Any) -> dict[str, Any]:
-    row = {c.name: get_path(record, c.path) for c in columns if not c.ignore}
+    row = {c.name: plain(get_path(record, c.path)) for c in columns if not c.ignore}
     for g in geopoints:
         geo = get_path(record, g.path)
         row[g.latitude], row[g.longitude] = (geo.latitude, geo.longitude) if isinstance(geo, Geo) else (None, None)

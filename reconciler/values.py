@@ -8,6 +8,39 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 
+class Bool:
+    """A canonical boolean. Python's `True == 1` would let a boolean column equal an integer field in the
+    diff's `==` fast path; a Bool equals only a Bool."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bool) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Bool) and other.value is self.value
+
+    def __hash__(self) -> int:
+        return hash((Bool, self.value))
+
+    def __repr__(self) -> str:
+        return "true" if self.value else "false"
+
+
+TRUE, FALSE = Bool(True), Bool(False)
+
+
+def plain(value: Any) -> Any:
+    """Canonical value -> the plain Python value a database client writes (Bool -> bool), recursively."""
+    if isinstance(value, Bool):
+        return value.value
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
 class Geo(NamedTuple):
     """A point, whichever side it came from (Firestore GeoPoint, or two Postgres columns)."""
 
@@ -19,6 +52,8 @@ def to_json(value: Any) -> Any:
     """Canonical value -> JSON value: timestamps as ISO-8601 (UTC), GeoPoints as {latitude, longitude}."""
     if value is None or isinstance(value, (bool, int, str)):
         return value
+    if isinstance(value, Bool):
+        return value.value
     if isinstance(value, float):
         return value if value == value and value not in (float("inf"), float("-inf")) else repr(value)
     if isinstance(value, Geo):

@@ -3,10 +3,10 @@
 import datetime as dt
 
 from reconciler.diff import diff_records
-from reconciler.mapping import FirestoreMapper, shape_of
+from reconciler.mapping import FirestoreMapper, PostgresMapper, shape_of
 from reconciler.rules.loader import parse_entity
 from reconciler.rules.model import CompareOptions
-from reconciler.values import Geo
+from reconciler.values import TRUE, Geo
 
 RULES = """\
 entity: things
@@ -51,6 +51,14 @@ def test_numbers_within_tolerance_are_equal_and_beyond_are_not():
     assert paths({"price": 8456.0}, {"price": 8465.0}) == {"price": (8456.0, 8465.0)}
     assert paths({"age": 7}, {"age": 8}) == {}
     assert paths({"age": 7}, {"age": 9}) == {"age": (7, 9)}
+
+
+def test_a_boolean_never_equals_the_number_one():
+    """Python says True == 1; the canonical records must not, or the == fast path would hide the drift."""
+    pg = PostgresMapper(R.root, CMP).record(("x", "x", None, None, None, None, None, True, None, None))
+    fs = FirestoreMapper(R.root, CMP).record({"id": "x", "active": 1})
+    assert paths(pg, fs) == {"active": (TRUE, 1)}
+    assert paths(pg, FirestoreMapper(R.root, CMP).record({"id": "x", "active": True})) == {}
 
 
 def test_timestamps_compare_as_instants_with_declared_tolerance():

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reconciler.diff import diff_records
-from reconciler.mapping import (Branch, FirestoreMapper, KeyedMap, KeyedSet, Leaf, PostgresMapper, set_sort_key,
+from reconciler.mapping import (Branch, canon, FirestoreMapper, KeyedMap, KeyedSet, Leaf, PostgresMapper, set_sort_key,
                                 shape_of, to_firestore, to_postgres)
 from reconciler.rules import load_entity
 from reconciler.values import Geo
@@ -32,7 +32,7 @@ geos = st.builds(Geo, st.floats(-90, 90), st.floats(-180, 180))
 def records(node: Any, required: tuple[str, ...] = ()) -> st.SearchStrategy[Any]:
     """Canonical values of a shape: absent fields left out, maps never empty, sets sorted by their key."""
     if isinstance(node, Leaf):
-        return geos if node.geo else scalars
+        return geos if node.geo else scalars.map(canon)  # canonical scalars: bools as values.Bool
     if isinstance(node, Branch):
         names = sorted(node.children)
         return st.fixed_dictionaries(
