@@ -85,6 +85,11 @@ def _read(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read: {exc.strerror}", file=str(path)) from None
 
 
+def _from_cwd(key: str, value: Any) -> Any:
+    """Paths from the environment or the command line are relative to where the user is, not to the file."""
+    return str(Path(value).resolve()) if key.endswith("_dir") and isinstance(value, str) else value
+
+
 def load_settings(config: Path | None = None, env: Mapping[str, str] | None = None,
                   overrides: Mapping[str, Any] | None = None) -> Settings:
     """config: --config; else RECONCILER_CONFIG; else config/reconciler.toml if it exists; else defaults.
@@ -112,11 +117,11 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         if var in env:
             if not env[var].strip():
                 raise ConfigError("is set but empty: unset it or give a value", key=var)
-            data.setdefault(section, {})[key] = env[var]
+            data.setdefault(section, {})[key] = _from_cwd(key, env[var])
     for dotted, value in (overrides or {}).items():
         if value is not None:
             section, key = dotted.split(".", 1)
-            data.setdefault(section, {})[key] = value
+            data.setdefault(section, {})[key] = _from_cwd(key, value)
     _check(data, source)
     pg, fs, audit = data.get("postgres", {}), data.get("firestore", {}), data.get("audit", {})
     report_dir = audit.get("report_dir")

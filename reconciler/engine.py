@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from itertools import islice
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -200,21 +201,12 @@ def limit_scope(rules: EntityRules, sides: Sides, limit: int) -> Scope:
     doc = rules.root
     pg_source.begin_snapshot(sides.pg)
     try:
-        pg_keys = [k for k, _ in _take(pg_reader.stream(doc, Scope()), limit)]
+        pg_keys = [k for k, _ in islice(pg_reader.stream(doc, Scope()), limit)]
     finally:
         sides.pg.rollback()
-    fs_keys = [k for k, _ in _take(fs_reader.stream(doc, Scope(), doc.collection), limit)]
+    fs_keys = [k for k, _ in islice(fs_reader.stream(doc, Scope(), doc.collection), limit)]
     lasts = [keys[-1][0] for keys in (pg_keys, fs_keys) if len(keys) == limit]
     return Scope(upper=min(lasts, key=id_sort_key)) if lasts else Scope()
-
-
-def _take(items: Iterator[T], n: int) -> list[T]:
-    out = []
-    for item in items:
-        out.append(item)
-        if len(out) >= n:
-            break
-    return out
 
 
 def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ...] | None = None,

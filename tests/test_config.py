@@ -1,0 +1,39 @@
+"""Settings: file, then environment, then flags; relative paths resolve where a person expects."""
+
+from pathlib import Path
+
+import pytest
+
+from reconciler.config import load_settings
+from reconciler.errors import ConfigError
+
+
+def test_file_paths_are_relative_to_the_file_and_flag_paths_to_the_cwd(tmp_path, monkeypatch):
+    cfg_dir = tmp_path / "config"
+    cfg_dir.mkdir()
+    cfg = cfg_dir / "reconciler.toml"
+    cfg.write_text('[audit]\nrules_dir = "../rules"\nreport_dir = "../out"\n[firestore]\nproject = "p-file"\n')
+    monkeypatch.chdir(tmp_path / "config")
+    s = load_settings(cfg, env={})
+    assert s.rules_dir.resolve() == tmp_path / "rules" and s.report_dir.resolve() == tmp_path / "out"
+    monkeypatch.chdir(tmp_path)
+    s = load_settings(cfg, env={"GOOGLE_CLOUD_PROJECT": "p-env"}, overrides={"audit.report_dir": "here"})
+    assert s.report_dir == tmp_path / "here" and s.firestore.project == "p-env"
+    s = load_settings(cfg, env={"GOOGLE_CLOUD_PROJECT": "p-env"}, overrides={"firestore.project": "p-flag"})
+    assert s.firestore.project == "p-flag"
+
+
+def test_libpq_environment_is_used_when_no_dsn_is_given():
+    assert load_settings(None, env={}).postgres.dsn == ""  # psycopg then reads PGHOST, PGUSER, ...
+
+
+def test_missing_explicit_config_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_settings(tmp_path / "nope.toml", env={})
+    with pytest.raises(ConfigError, match="RECONCILER_CONFIG: is set but empty"):
+        load_settings(None, env={"RECONCILER_CONFIG": " "})
+
+
+def test_the_shipped_example_config_is_valid():
+    s = load_settings(Path(__file__).parents[1] / "config" / "reconciler.toml", env={})
+    assert s.rules_dir.resolve() == (Path(__file__).parents[1] / "rules").resolve() and s.entities == ("customers",)
