@@ -39,8 +39,11 @@ def widgets(pg_database, fs_client, fs_project):
                  "unmapped": "ignored"})
         for part in PARTS:
             ref.collection("parts").document(part).set({"qty": i})
-    # a same-named collection group under another parent must not count
-    fs_client.collection("other").document("a").collection("parts").document("p").set({"qty": 99})
+    # same-named collection groups under other parents, before and after ours in key order, must not count
+    for other in ("aaa", "zzz"):
+        fs_client.collection(other).document("a").collection("parts").document("p").set({"qty": 99})
+    fs_client.collection("widgets").document("a").collection("parts").document("p").collection("x").document(
+        "y").collection("parts").document("deep").set({"qty": 99})
     return load_settings(None, env={"RECONCILER_PG_DSN": dsn, "GOOGLE_CLOUD_PROJECT": fs_project,
                                     "RECONCILER_RULES_DIR": str(RULES_DIR)})
 

@@ -1,9 +1,9 @@
 """Firestore side: client, and key-ordered streams of documents.
 
 Root documents stream from `collection.order_by("__name__")`; subcollection documents from one
-collection-group query ordered by `__name__`, which yields them in (parent ID, child ID) order, the
-same order as the Postgres child table's (parent, key). Documents of same-named collection groups
-under other parents are passed over. Long streams are cheaper than short pages on Firestore, so pages
+collection-group query ordered by `__name__` and started at the root collection's first possible path,
+which yields them in (parent ID, child ID) order, the same order as the Postgres child table's
+(parent, key); it stops at the first document under another root collection. Long streams are cheaper than short pages on Firestore, so pages
 are large; after a transient error the stream resumes after the last document it delivered.
 """
 
@@ -15,11 +15,13 @@ from typing import Any, Callable, Iterator
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
 
 from reconciler.errors import RuntimeFailure
 from reconciler.keys import Key, Scope
 from reconciler.rules.model import DocumentSpec
 
+LOWEST_ID = "__id-9223372036854775808__"  # Firestore's first document ID in key order
 TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError, gexc.Aborted,
              gexc.TooManyRequests)
 
@@ -77,10 +79,16 @@ class FirestoreReader:
             yield (snap.id,), _fields(snap)
 
     def _children(self, root: str, name: str, scope: Scope) -> Iterator[tuple[Key, dict[str, Any]]]:
-        for snap in self._paged(lambda: self.client.collection_group(name).order_by("__name__")):
+        # Start at the lowest possible path under `root` (numeric IDs sort first, int64 at the least) and stop
+        # at the first path under another root collection: same-named groups elsewhere are never read.
+        first = self.client.document(f"{root}/{LOWEST_ID}/{name}/{LOWEST_ID}")
+        group = self.client.collection_group(name)
+        for snap in self._paged(lambda: group.where(filter=FieldFilter("__name__", ">=", first)).order_by("__name__")):
             parts = snap.reference.path.split("/")
-            if len(parts) != 4 or parts[0] != root:
-                continue  # a same-named collection under another parent
+            if parts[0] != root:
+                return
+            if len(parts) != 4:
+                continue  # a same-named collection deeper down, under another subcollection
             if scope.past_upper(parts[1]):
                 return
             yield (parts[1], parts[3]), _fields(snap)
