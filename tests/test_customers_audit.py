@@ -165,3 +165,19 @@ def test_per_field_counts_name_the_subcollection(loaded, fs_client):
     fs_client.collection("customers").document(people[0].id).update({"metrics.totalOrders": -5})
     e = run_audit(settings, ["customers"]).entities[0]
     assert e.field_counts == {"ipAddresses/isp.name": 1, "metrics.totalOrders": 1}
+
+
+def test_libpq_variables_are_used_when_no_dsn_is_given_and_progress_shows_only_when_asked(loaded, monkeypatch):
+    from psycopg.conninfo import conninfo_to_dict
+
+    settings, people = loaded
+    parts = conninfo_to_dict(settings.postgres.dsn)
+    monkeypatch.delenv("RECONCILER_PG_DSN", raising=False)
+    for var, key in (("PGHOST", "host"), ("PGPORT", "port"), ("PGUSER", "user"), ("PGDATABASE", "dbname")):
+        monkeypatch.setenv(var, str(parts[key]))
+    monkeypatch.setenv("RECONCILER_RULES_DIR", str(ROOT / "rules"))
+    quiet = CliRunner().invoke(main, ["--entity", "customers"])  # not a terminal: no progress line (cron)
+    assert quiet.exit_code == 0, quiet.output
+    assert "records," not in quiet.stderr and f"{_records(people):,} in Postgres" in quiet.stdout
+    shown = CliRunner().invoke(main, ["--entity", "customers", "--progress"])
+    assert shown.exit_code == 0 and "customers/customers:" in shown.stderr and "/s" in shown.stderr
