@@ -181,3 +181,12 @@ def test_libpq_variables_are_used_when_no_dsn_is_given_and_progress_shows_only_w
     assert "records," not in quiet.stderr and f"{_records(people):,} in Postgres" in quiet.stdout
     shown = CliRunner().invoke(main, ["--entity", "customers", "--progress"])
     assert shown.exit_code == 0 and "customers/customers:" in shown.stderr and "/s" in shown.stderr
+
+
+def test_all_runs_the_entities_the_config_enables(loaded, monkeypatch):
+    settings, people = loaded
+    monkeypatch.setenv("RECONCILER_PG_DSN", settings.postgres.dsn)
+    monkeypatch.setenv("RECONCILER_CONFIG", str(ROOT / "config" / "reconciler.toml"))  # audit.entities = customers
+    r = CliRunner().invoke(main, ["--all"])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith(f"customers: {_records(people):,} in Postgres")
