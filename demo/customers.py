@@ -363,44 +363,51 @@ def _segments(g: _Gen, c: Customer) -> None:
         c.document["segments"] = elements
 
 
-def _addresses(g: _Gen, c: Customer) -> None:
+def _subcollection(g: _Gen, c: Customer, table: str, name: str, most: int,
+                   make: Callable[[], tuple[dict[str, Any], dict[str, Any], Spec]], geo_path: str | None = None) -> None:
+    """0..most child rows of `table` and their documents in customers/{id}/{name}/{rowId}."""
     rows, docs = [], {}
-    for _ in range(g.r.randint(0, 3)):
-        city, state, code, cc, country, tz = g.pick(CITIES)
-        aid = g.uuid()
-        row: dict[str, Any] = {"id": aid, "customer_id": uuid.UUID(c.id)}
-        doc: dict[str, Any] = {"id": str(aid)}
-        spec: Spec = [
-            _s("address_type", lambda g: g.pick(["billing", "shipping", "both"]), nullable=False),
-            _s("is_default", lambda g: g.bool(), nullable=False),
-            _s("label", lambda g: g.pick(["Home", "Work"])),
-            _s("first_name", lambda g: g.pick(FIRST)), _s("last_name", lambda g: g.pick(LAST)),
-            _s("company", lambda g: g.pick(["Tech Corp", "Ström AB"])),
-            _s("address_line1", lambda g: f"{g.int(999, 1)} S Doheny Dr", nullable=False),
-            _s("address_line2", lambda g: f"Apt {g.int(20, 1)}"),
-            _s("city", lambda _: city, nullable=False), _s("state_province", lambda _: state),
-            _s("state_province_code", lambda _: code), _s("country", lambda _: country, nullable=False),
-            _s("country_code", lambda _: cc, nullable=False), _s("postal_code", lambda g: f"{g.int(99999, 10000)}"),
-            _s("phone", lambda g: f"+1310{g.int(9999999, 1000000)}"), _s("email", lambda _: c.document["email"]),
-            _s("timezone", lambda _: tz),
-            _s("is_validated", lambda g: g.bool(), nullable=False),
-            _s("validation_provider", lambda g: g.pick(["smartystreets", "google"])),
-            _s("validation_result", lambda g: {"deliverability": "deliverable", "components": {}}),
-            _s("validated_at", lambda g: g.ts()),
-            _s("neighborhood_income_level", lambda g: g.pick(["high", "medium"]), path="neighborhoodData.incomeLevel"),
-            _s("neighborhood_median_income", lambda g: g.dec(300000), path="neighborhoodData.medianIncome"),
-            _s("property_type", lambda g: g.pick(["residential", "commercial"]), path="neighborhoodData.propertyType"),
-            _s("property_value_estimate", lambda g: g.dec(5_000_000), path="neighborhoodData.propertyValueEstimate"),
-            _s("created_at", lambda g: g.ts(), nullable=False),
-            _s("updated_at", lambda g: g.ts(), path="!updatedAt", nullable=False),
-            _s("last_used_at", lambda g: g.ts()),
-        ]
+    for _ in range(g.r.randint(0, most)):
+        child_id = g.uuid()
+        row_extra, doc_extra, spec = make()
+        row: dict[str, Any] = {"id": child_id, "customer_id": uuid.UUID(c.id), **row_extra}
+        doc: dict[str, Any] = {"id": str(child_id), **doc_extra}
         _fill(g, spec, row, doc)
-        _geo(g, row, doc, "geoPoint")
+        if geo_path:
+            _geo(g, row, doc, geo_path)
         rows.append(row)
-        docs[str(aid)] = doc
-    c.tables["customer_addresses"] = rows
-    c.subcollections["addresses"] = docs
+        docs[str(child_id)] = doc
+    c.tables[table] = rows
+    c.subcollections[name] = docs
+
+
+def _address(g: _Gen, c: Customer) -> tuple[dict[str, Any], dict[str, Any], Spec]:
+    city, state, code, cc, country, tz = g.pick(CITIES)
+    return {}, {}, [
+        _s("address_type", lambda g: g.pick(["billing", "shipping", "both"]), nullable=False),
+        _s("is_default", lambda g: g.bool(), nullable=False),
+        _s("label", lambda g: g.pick(["Home", "Work"])),
+        _s("first_name", lambda g: g.pick(FIRST)), _s("last_name", lambda g: g.pick(LAST)),
+        _s("company", lambda g: g.pick(["Tech Corp", "Ström AB"])),
+        _s("address_line1", lambda g: f"{g.int(999, 1)} S Doheny Dr", nullable=False),
+        _s("address_line2", lambda g: f"Apt {g.int(20, 1)}"),
+        _s("city", lambda _: city, nullable=False), _s("state_province", lambda _: state),
+        _s("state_province_code", lambda _: code), _s("country", lambda _: country, nullable=False),
+        _s("country_code", lambda _: cc, nullable=False), _s("postal_code", lambda g: f"{g.int(99999, 10000)}"),
+        _s("phone", lambda g: f"+1310{g.int(9999999, 1000000)}"), _s("email", lambda _: c.document["email"]),
+        _s("timezone", lambda _: tz),
+        _s("is_validated", lambda g: g.bool(), nullable=False),
+        _s("validation_provider", lambda g: g.pick(["smartystreets", "google"])),
+        _s("validation_result", lambda g: {"deliverability": "deliverable", "components": {}}),
+        _s("validated_at", lambda g: g.ts()),
+        _s("neighborhood_income_level", lambda g: g.pick(["high", "medium"]), path="neighborhoodData.incomeLevel"),
+        _s("neighborhood_median_income", lambda g: g.dec(300000), path="neighborhoodData.medianIncome"),
+        _s("property_type", lambda g: g.pick(["residential", "commercial"]), path="neighborhoodData.propertyType"),
+        _s("property_value_estimate", lambda g: g.dec(5_000_000), path="neighborhoodData.propertyValueEstimate"),
+        _s("created_at", lambda g: g.ts(), nullable=False),
+        _s("updated_at", lambda g: g.ts(), path="!updatedAt", nullable=False),
+        _s("last_used_at", lambda g: g.ts()),
+    ]
 
 
 def _geo(g: _Gen, row: dict[str, Any], doc: dict[str, Any], path: str) -> None:
@@ -411,77 +418,55 @@ def _geo(g: _Gen, row: dict[str, Any], doc: dict[str, Any], path: str) -> None:
     _put(doc, path, firestore.GeoPoint(float(row["latitude"]), float(row["longitude"])))
 
 
-def _ip_addresses(g: _Gen, c: Customer) -> None:
-    rows, docs = [], {}
-    for _ in range(g.r.randint(0, 3)):
-        city, state, code, cc, country, tz = g.pick(CITIES)
-        iid = g.uuid()
-        ip = g.inet()
-        row: dict[str, Any] = {"id": iid, "customer_id": uuid.UUID(c.id), "ip_address": ip,
-                               "ip_version": ip.version}
-        doc: dict[str, Any] = {"id": str(iid), "ipAddress": str(ip), "ipVersion": ip.version}
-        loc, isp, dev, use = "location.", "isp.", "device.", "usage."
-        spec: Spec = [
-            _s("country", lambda _: country, prefix=loc), _s("country_code", lambda _: cc, prefix=loc),
-            _s("region", lambda _: state, prefix=loc), _s("region_code", lambda _: code, prefix=loc),
-            _s("city", lambda _: city, prefix=loc), _s("postal_code", lambda g: str(g.int(99999)), prefix=loc),
-            _s("timezone", lambda _: tz, prefix=loc),
-            _s("isp", lambda g: g.pick(["AT&T Services", "MTN Nigeria"]), path="isp.name"),
-            _s("organization", lambda g: g.pick(["AT&T", "MTN"]), prefix=isp),
-            _s("asn", lambda g: g.int(65000), prefix=isp), _s("as_name", lambda g: g.text(1), prefix=isp),
-            _s("connection_type", lambda g: g.pick(["residential", "mobile"]), prefix=isp),
-            *[_s(f, lambda g: g.bool(), prefix="riskFlags.", nullable=False) for f in
-              ("is_vpn", "is_proxy", "is_tor", "is_relay", "is_hosting", "is_mobile")],
-            _s("user_agent", lambda g: "Mozilla/5.0 (X11; Linux)", prefix=dev),
-            _s("browser", lambda g: g.pick(["Chrome", "Safari"]), prefix=dev),
-            _s("browser_version", lambda g: "120.0", prefix=dev),
-            _s("operating_system", lambda g: g.pick(["Windows", "iOS"]), prefix=dev),
-            _s("os_version", lambda g: "11", prefix=dev),
-            _s("device_type", lambda g: g.pick(["desktop", "mobile"]), prefix=dev),
-            _s("device_brand", lambda g: g.pick(["Apple", "Samsung"]), prefix=dev),
-            _s("device_model", lambda g: g.pick(["iPhone 15", "S24"]), prefix=dev),
-            _s("first_seen_at", lambda g: g.ts(), prefix=use, nullable=False),
-            _s("last_seen_at", lambda g: g.ts(), prefix=use, nullable=False),
-            *[_s(f, lambda g: g.int(900), prefix=use, nullable=False) for f in
-              ("total_sessions", "total_page_views", "total_events")],
-            _s("created_at", lambda g: g.ts(), nullable=False),
-            _s("updated_at", lambda g: g.ts(), path="!updatedAt", nullable=False),
-        ]
-        _fill(g, spec, row, doc)
-        _geo(g, row, doc, "location.geoPoint")
-        rows.append(row)
-        docs[str(iid)] = doc
-    c.tables["customer_ip_addresses"] = rows
-    c.subcollections["ipAddresses"] = docs
+def _ip_address(g: _Gen) -> tuple[dict[str, Any], dict[str, Any], Spec]:
+    city, state, code, cc, country, tz = g.pick(CITIES)
+    ip = g.inet()
+    loc, isp, dev, use = "location.", "isp.", "device.", "usage."
+    return {"ip_address": ip, "ip_version": ip.version}, {"ipAddress": str(ip), "ipVersion": ip.version}, [
+        _s("country", lambda _: country, prefix=loc), _s("country_code", lambda _: cc, prefix=loc),
+        _s("region", lambda _: state, prefix=loc), _s("region_code", lambda _: code, prefix=loc),
+        _s("city", lambda _: city, prefix=loc), _s("postal_code", lambda g: str(g.int(99999)), prefix=loc),
+        _s("timezone", lambda _: tz, prefix=loc),
+        _s("isp", lambda g: g.pick(["AT&T Services", "MTN Nigeria"]), path="isp.name"),
+        _s("organization", lambda g: g.pick(["AT&T", "MTN"]), prefix=isp),
+        _s("asn", lambda g: g.int(65000), prefix=isp), _s("as_name", lambda g: g.text(1), prefix=isp),
+        _s("connection_type", lambda g: g.pick(["residential", "mobile"]), prefix=isp),
+        *[_s(f, lambda g: g.bool(), prefix="riskFlags.", nullable=False) for f in
+          ("is_vpn", "is_proxy", "is_tor", "is_relay", "is_hosting", "is_mobile")],
+        _s("user_agent", lambda g: "Mozilla/5.0 (X11; Linux)", prefix=dev),
+        _s("browser", lambda g: g.pick(["Chrome", "Safari"]), prefix=dev),
+        _s("browser_version", lambda g: "120.0", prefix=dev),
+        _s("operating_system", lambda g: g.pick(["Windows", "iOS"]), prefix=dev),
+        _s("os_version", lambda g: "11", prefix=dev),
+        _s("device_type", lambda g: g.pick(["desktop", "mobile"]), prefix=dev),
+        _s("device_brand", lambda g: g.pick(["Apple", "Samsung"]), prefix=dev),
+        _s("device_model", lambda g: g.pick(["iPhone 15", "S24"]), prefix=dev),
+        _s("first_seen_at", lambda g: g.ts(), prefix=use, nullable=False),
+        _s("last_seen_at", lambda g: g.ts(), prefix=use, nullable=False),
+        *[_s(f, lambda g: g.int(900), prefix=use, nullable=False) for f in
+          ("total_sessions", "total_page_views", "total_events")],
+        _s("created_at", lambda g: g.ts(), nullable=False),
+        _s("updated_at", lambda g: g.ts(), path="!updatedAt", nullable=False),
+    ]
 
 
-def _activities(g: _Gen, c: Customer) -> None:
-    rows, docs = [], {}
-    for _ in range(g.r.randint(0, 5)):
-        aid = g.uuid()
-        row: dict[str, Any] = {"id": aid, "customer_id": uuid.UUID(c.id)}
-        doc: dict[str, Any] = {"id": str(aid)}
-        ctx = "context."
-        spec: Spec = [
-            _s("activity_type", lambda g: g.pick(["page_view", "product_view", "add_to_cart"]), nullable=False),
-            _s("activity_category", lambda g: g.pick(["browsing", "shopping"])),
-            _s("event_data", lambda g: {"productId": str(g.int(10**6)), "productPrice": 439.69, "currency": "EUR",
-                                        "nested": {"qty": g.int(3)}}, nullable=False),
-            _s("ip_address", lambda g: g.inet(), prefix=ctx), _s("session_id", lambda g: f"session-{g.int()}", prefix=ctx),
-            _s("user_agent", lambda g: "Mozilla/5.0", prefix=ctx), _s("referrer", lambda g: "https://google.com", prefix=ctx),
-            _s("utm_source", lambda g: "google", path="context.utm.source"),
-            _s("utm_medium", lambda g: "cpc", path="context.utm.medium"),
-            _s("utm_campaign", lambda g: "summer_sale", path="context.utm.campaign"),
-            _s("country_code", lambda g: g.pick(["US", "NG"]), prefix="location."),
-            _s("region", lambda g: "California", prefix="location."), _s("city", lambda g: "Lagos", prefix="location."),
-            _s("occurred_at", lambda g: g.ts(), nullable=False),
-            _s("created_at", lambda g: g.ts(), path="!createdAt", nullable=False),  # serverTimestamp() in the app
-        ]
-        _fill(g, spec, row, doc)
-        rows.append(row)
-        docs[str(aid)] = doc
-    c.tables["customer_activities"] = rows
-    c.subcollections["activities"] = docs
+def _activity(g: _Gen) -> tuple[dict[str, Any], dict[str, Any], Spec]:
+    ctx = "context."
+    return {}, {}, [
+        _s("activity_type", lambda g: g.pick(["page_view", "product_view", "add_to_cart"]), nullable=False),
+        _s("activity_category", lambda g: g.pick(["browsing", "shopping"])),
+        _s("event_data", lambda g: {"productId": str(g.int(10**6)), "productPrice": 439.69, "currency": "EUR",
+                                    "nested": {"qty": g.int(3)}}, nullable=False),
+        _s("ip_address", lambda g: g.inet(), prefix=ctx), _s("session_id", lambda g: f"session-{g.int()}", prefix=ctx),
+        _s("user_agent", lambda g: "Mozilla/5.0", prefix=ctx), _s("referrer", lambda g: "https://google.com", prefix=ctx),
+        _s("utm_source", lambda g: "google", path="context.utm.source"),
+        _s("utm_medium", lambda g: "cpc", path="context.utm.medium"),
+        _s("utm_campaign", lambda g: "summer_sale", path="context.utm.campaign"),
+        _s("country_code", lambda g: g.pick(["US", "NG"]), prefix="location."),
+        _s("region", lambda g: "California", prefix="location."), _s("city", lambda g: "Lagos", prefix="location."),
+        _s("occurred_at", lambda g: g.ts(), nullable=False),
+        _s("created_at", lambda g: g.ts(), path="!createdAt", nullable=False),  # serverTimestamp() in the app
+    ]
 
 
 def generate(n: int, seed: int = 0, ids: list[str] | None = None) -> list[Customer]:
@@ -502,9 +487,9 @@ def generate(n: int, seed: int = 0, ids: list[str] | None = None) -> list[Custom
         _risk(g, c)
         _one(g, c, "customer_engagement", _engagement_spec())
         _segments(g, c)
-        _addresses(g, c)
-        _ip_addresses(g, c)
-        _activities(g, c)
+        _subcollection(g, c, "customer_addresses", "addresses", 3, lambda: _address(g, c), "geoPoint")
+        _subcollection(g, c, "customer_ip_addresses", "ipAddresses", 3, lambda: _ip_address(g), "location.geoPoint")
+        _subcollection(g, c, "customer_activities", "activities", 5, lambda: _activity(g))
         out.append(c)
     return out
 
