@@ -1,7 +1,12 @@
--- The seed 000 customer schema (../shared/seeds/000_e2aa859c6f417d79.txt), as the rules are written against it,
--- with the two changes PostgreSQL needs: the seed's inline INDEX clauses are CREATE INDEX statements (names
--- prefixed with the table, since index names are per schema), and days_since_last_order is a plain INT
--- (a generated column cannot use CURRENT_DATE).
+-- The seed 000 customer schema (shared/seeds/000_e2aa859c6f417d79.txt), column for column, with only the
+-- changes PostgreSQL 15 needs to run it on an empty database:
+--   * the seed's inline `INDEX name (cols)` clauses (MySQL syntax) are CREATE INDEX statements after each
+--     table, their names prefixed with the table because index names share one namespace per schema
+--     (the seed has idx_created_at and idx_status twice); `INDEX ... USING GIN` is CREATE INDEX ... USING GIN;
+--   * days_since_last_order is a plain INT: a generated column must be immutable and CURRENT_DATE is not.
+--     Whoever computes it writes it; the Firestore copy may be a day apart (rules: tolerance 1).
+-- The seed ends its triggers with "-- ... (add for all other tables)": they are added for every table that
+-- has an updated_at column.
 
 -- ============================================
 -- CORE CUSTOMER TABLES
@@ -96,7 +101,7 @@ CREATE TABLE customer_metrics (
   -- Time-based metrics
   first_order_date DATE,
   last_order_date DATE,
-  days_since_last_order INT,  -- seed: GENERATED from CURRENT_DATE, which PostgreSQL does not allow: a plain INT
+  days_since_last_order INT, -- seed: GENERATED ALWAYS AS (CURRENT_DATE - last_order_date): not allowed, see the top
   
   -- Engagement metrics
   email_opens INT DEFAULT 0,
@@ -524,4 +529,22 @@ CREATE TRIGGER update_customers_updated_at BEFORE UPDATE ON customers
   FOR EACH ROW EXECUTE FUNCTION update_updated_at_column();
 
 CREATE TRIGGER update_customer_sources_updated_at BEFORE UPDATE ON customer_sources
+  FOR EACH ROW EXECUTE FUNCTION update_updated_at_column();
+
+CREATE TRIGGER update_customer_metrics_updated_at BEFORE UPDATE ON customer_metrics
+  FOR EACH ROW EXECUTE FUNCTION update_updated_at_column();
+
+CREATE TRIGGER update_customer_demographics_updated_at BEFORE UPDATE ON customer_demographics
+  FOR EACH ROW EXECUTE FUNCTION update_updated_at_column();
+
+CREATE TRIGGER update_customer_addresses_updated_at BEFORE UPDATE ON customer_addresses
+  FOR EACH ROW EXECUTE FUNCTION update_updated_at_column();
+
+CREATE TRIGGER update_customer_ip_addresses_updated_at BEFORE UPDATE ON customer_ip_addresses
+  FOR EACH ROW EXECUTE FUNCTION update_updated_at_column();
+
+CREATE TRIGGER update_customer_risk_assessments_updated_at BEFORE UPDATE ON customer_risk_assessments
+  FOR EACH ROW EXECUTE FUNCTION update_updated_at_column();
+
+CREATE TRIGGER update_customer_engagement_updated_at BEFORE UPDATE ON customer_engagement
   FOR EACH ROW EXECUTE FUNCTION update_updated_at_column();
