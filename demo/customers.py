@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import random
+import unicodedata
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -287,7 +288,9 @@ def _engagement_spec() -> Spec:
 
 def _root(g: _Gen, c: Customer) -> None:
     first, last = g.pick(FIRST), g.pick(LAST)
-    email = f"{first}.{last}.{c.id[:8]}@Example.com".replace("'", "")  # UNIQUE in the seed
+    # UNIQUE in the seed, so the whole id; ASCII, so Postgres LOWER() agrees with Python's lower() in any collation
+    local = unicodedata.normalize("NFKD", f"{first}.{last}").encode("ascii", "ignore").decode().replace("'", "")
+    email = f"{local}.{c.id.replace('-', '')}@Example.com"
     spec: Spec = [
         _s("email", lambda _: email, nullable=False),
         _s("phone", lambda g: f"+1310{g.int(9999999, 1000000)}"),
@@ -322,7 +325,7 @@ def _sources(g: _Gen, c: Customer) -> None:
     rows = []
     for source in g.r.sample(["shopify", "klaviyo", "manual"], g.r.randint(1, 3)):
         row = {"id": g.uuid(), "customer_id": uuid.UUID(c.id), "source": source,
-               "external_id": f"gid://{source}/Customer/{g.int(10**9)}", "source_data": {"plan": g.pick(["a", "b"])},
+               "external_id": f"gid://{source}/Customer/{c.id}", "source_data": {"plan": g.pick(["a", "b"])},
                "first_synced_at": g.ts(), "last_synced_at": g.ts(), "sync_status": g.pick(["active", "paused"]),
                "sync_errors": None, "created_at": g.ts(), "updated_at": g.ts()}
         rows.append(row)
@@ -583,7 +586,7 @@ def inject_demo_drift(conn: psycopg.Connection, client: firestore.Client, custom
         col.document(c.id).update({"engagement.email.totalOpened": -1})
         note(c, "mismatch", "engagement.email.totalOpened")
     for c in take(lambda c: "risk" in c.document):
-        conn.execute("UPDATE customer_risk_assessments SET risk_score = 101 - risk_score WHERE customer_id = %s AND "
+        conn.execute("UPDATE customer_risk_assessments SET risk_score = (risk_score + 37) % 101 WHERE customer_id = %s AND "
                      "assessed_at = (SELECT max(assessed_at) FROM customer_risk_assessments WHERE customer_id = %s)",
                      (c.id, c.id))
         note(c, "mismatch", "risk.overallScore")
