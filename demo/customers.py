@@ -586,7 +586,7 @@ def inject_demo_drift(conn: psycopg.Connection, client: firestore.Client, custom
         col.document(c.id).update({"engagement.email.totalOpened": -1})
         note(c, "mismatch", "engagement.email.totalOpened")
     for c in take(lambda c: "risk" in c.document):
-        conn.execute("UPDATE customer_risk_assessments SET risk_score = (risk_score + 37) % 101 WHERE customer_id = %s AND "
+        conn.execute("UPDATE customer_risk_assessments SET risk_score = (risk_score + 37) %% 101 WHERE customer_id = %s AND "
                      "assessed_at = (SELECT max(assessed_at) FROM customer_risk_assessments WHERE customer_id = %s)",
                      (c.id, c.id))
         note(c, "mismatch", "risk.overallScore")

@@ -190,3 +190,12 @@ def test_all_runs_the_entities_the_config_enables(loaded, monkeypatch):
     r = CliRunner().invoke(main, ["--all"])
     assert r.exit_code == 0, r.output
     assert r.stdout.startswith(f"customers: {_records(people):,} in Postgres")
+
+
+def test_the_demo_drift_is_found_exactly(loaded, fs_client, pg_dsn):
+    settings, people = loaded
+    with psycopg.connect(pg_dsn) as conn:
+        injected = customers.inject_demo_drift(conn, fs_client, people, seed=3)
+    assert {d["kind"] for d in injected} == {"mismatch", "missing_in_firestore", "missing_in_postgres"}
+    found = run_audit(settings, ["customers"]).entities[0].findings
+    assert {(f.key, f.kind.value) for f in found} == {(d["key"], d["kind"]) for d in injected}
