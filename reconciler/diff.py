@@ -16,7 +16,6 @@ from reconciler.result import FieldDiff
 from reconciler.rules.model import CompareOptions
 from reconciler.values import Geo
 
-_MISSING = None  # a field absent on one side is reported as None (NULL) on that side
 
 
 def diff_records(shape: Branch, postgres: dict[str, Any] | None, firestore: dict[str, Any] | None,
@@ -31,6 +30,11 @@ def diff_records(shape: Branch, postgres: dict[str, Any] | None, firestore: dict
 
 def _join(base: str, name: str) -> str:
     return f"{base}.{name}" if base else name
+
+
+def _differs(a: Any, b: Any) -> bool:
+    """Unequal, or equal only across types (8456 == 8456.0): worth a closer look. Absent reads as None."""
+    return a != b or type(a) is not type(b)
 
 
 def _is_number(v: Any) -> bool:
@@ -51,9 +55,8 @@ class _Walker:
         elif isinstance(node, Branch) and isinstance(a, dict | None) and isinstance(b, dict | None):
             a, b = a or {}, b or {}
             for name, child in node.children.items():
-                if name in a or name in b:
-                    if a.get(name, _MISSING) != b.get(name, _MISSING) or type(a.get(name)) is not type(b.get(name)):
-                        self.node(child, a.get(name), b.get(name), _join(path, name), _join(pattern, name))
+                if (name in a or name in b) and _differs(a.get(name), b.get(name)):
+                    self.node(child, a.get(name), b.get(name), _join(path, name), _join(pattern, name))
         elif isinstance(node, KeyedMap) and isinstance(a, dict | None) and isinstance(b, dict | None):
             a, b = a or {}, b or {}
             for key in sorted(a.keys() | b.keys()):
@@ -107,12 +110,12 @@ class _Walker:
                 va, vb = a.get(key), b.get(key)
                 if (key in a) != (key in b) and not self.compare.null_equals_absent:
                     self.report(_join(path, key), _join(pattern, key), va, vb)
-                elif va != vb or type(va) is not type(vb):
+                elif _differs(va, vb):
                     self.value(va, vb, _join(path, key), _join(pattern, key), tolerance)
             return
         elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
             for i, (va, vb) in enumerate(zip(a, b)):
-                if va != vb or type(va) is not type(vb):
+                if _differs(va, vb):
                     self.value(va, vb, f"{path}[{i}]", f"{pattern}[]", tolerance)
             return
         elif a == b and type(a) is type(b):
