@@ -15,7 +15,8 @@ import click
 from reconciler import engine
 from reconciler.config import Settings, load_settings
 from reconciler.errors import ReconcilerError, UsageError
-from reconciler.result import RunResult
+from reconciler.repair import Options as RepairOptions
+from reconciler.result import RepairStatus, RunResult
 
 EXIT_OK, EXIT_DRIFT, EXIT_USAGE, EXIT_FAILURE = 0, 1, 2, 3
 
@@ -91,7 +92,48 @@ def _summary(result: RunResult) -> str:
                      f"{c.missing_in_postgres:,} missing in Postgres ({e.duration_s:.1f} s)")
         for field, n in list(e.field_counts.items())[:5]:
             lines.append(f"    {n:,} x {field}")
+        if e.repair is not None:
+            lines.extend(_repair_lines(e))
     return "\n".join(lines)
+
+
+def _repair_lines(e: Any) -> list[str]:
+    r = e.repair
+    if r.refused:
+        return [f"  repair toward {r.target}: {r.refused}"]
+    verb = "applied" if r.applied else "planned (dry run: nothing written; --apply writes)"
+    lines = [f"  repair toward {r.target}: {r.planned:,} records {verb}"
+             + (f", {r.done:,} applied, {r.skipped:,} skipped, {r.failed:,} failed" if r.applied else "")]
+    for f in e.findings:
+        if f.repair is None:
+            continue
+        if not r.applied or f.repair.status != RepairStatus.APPLIED:
+            reason = f" ({f.repair.reason})" if f.repair.reason else ""
+            lines.append(f"    {f.repair.action.value} {f.key}: {f.repair.status.value}{reason}")
+        if not r.applied:
+            lines.extend(f"      {_write_line(w)}" for w in f.repair.writes)
+    return lines
+
+
+def _write_line(w: dict[str, Any]) -> str:
+    """One planned write, as a person reads it."""
+    import json
+
+    def js(v: Any) -> str:
+        text = json.dumps(v, ensure_ascii=False, sort_keys=True)
+        return text if len(text) <= 200 else text[:197] + "..."
+
+    if w["side"] == "firestore":
+        if w["op"] == "update":
+            parts = [f"set {k} = {js(v)}" for k, v in w["set"].items()] + [f"delete {k}" for k in w["delete"]]
+            return f"firestore update {w['path']}: " + "; ".join(parts)
+        if w["op"] == "create":
+            return f"firestore create {w['path']}: {js(w['document'])}"
+        return f"firestore delete {w['path']}"
+    key = ", ".join(f"{k}={v}" for k, v in w["key"].items())
+    if w["op"] == "upsert":
+        return f"postgres upsert {w['table']} ({key}): {js(w['values'])}"
+    return f"postgres delete {w['table']} ({key})"
 
 
 def _split_ids(values: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -113,13 +155,24 @@ def _split_ids(values: tuple[str, ...]) -> tuple[str, ...] | None:
 @click.option("--pg-dsn", help="Postgres connection string [env RECONCILER_PG_DSN; else libpq's PG* variables].")
 @click.option("--firestore-project", help="Google Cloud project [env GOOGLE_CLOUD_PROJECT]. "
                                           "FIRESTORE_EMULATOR_HOST selects the emulator.")
+@click.option("--repair", is_flag=True,
+              help="After the audit, plan the writes that make the side that is not the source of truth agree. "
+                   "A dry run unless --apply is given.")
+@click.option("--dry-run/--apply", "dry_run", default=True,
+              help="With --repair: only list the writes (default), or perform them.")
+@click.option("--delete-orphans", is_flag=True,
+              help="With --repair: also delete records that exist only on the side being repaired.")
+@click.option("--max-repairs", type=click.IntRange(min=0), metavar="N",
+              help="With --repair: repair at most N records per entity [config repair.max_repairs, 1000].")
+@click.option("--force", is_flag=True,
+              help="With --repair: repair even when more records differ than repair.max_drift_ratio allows.")
 @click.option("--progress/--no-progress", default=None, help="Progress line on stderr [default: when it is a terminal].")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.pass_context
 def main(ctx: click.Context, config: Path | None, entities: tuple[str, ...], all_entities: bool,
          report_dir: Path | None, limit: int | None, ids: tuple[str, ...], pg_dsn: str | None,
-         firestore_project: str | None, progress: bool | None, debug: bool) -> None:
-    """Audit drift between PostgreSQL and Firestore.
+         firestore_project: str | None, progress: bool | None, debug: bool, **repair_flags: Any) -> None:
+    """Audit (and repair) drift between PostgreSQL and Firestore.
 
     \b
     Examples:
@@ -127,29 +180,55 @@ def main(ctx: click.Context, config: Path | None, entities: tuple[str, ...], all
       reconcile --all --report-dir out/               every enabled entity, JSON + HTML report
       reconcile --entity customers --limit 100        a quick look at the first 100 customers
       reconcile --entity customers --ids ID1,ID2      just these records (incident triage)
+      reconcile --entity customers --repair           list the writes a repair would make
+      reconcile --entity customers --repair --apply   make them (toward the side that is not the truth)
       reconcile rules check --entity customers        validate rules against the live schema
 
     \b
-    Exit codes: 0 no drift, 1 drift found, 2 usage/config/rules error, 3 runtime failure
-    (unreachable database...).
+    \b
+    Repair writes only to the side that is not the entity's source of truth, only the fields the rules
+    map, and skips a record that changed since it was read. It refuses an entity when more than
+    repair.max_drift_ratio of its records differ (--force overrides), and deletes orphans only with
+    --delete-orphans. Every write is logged in the Postgres table reconciler_repairs.
+
+    \b
+    Exit codes: 0 no drift (or all of it repaired), 1 drift found (and not all repaired),
+    2 usage/config/rules error, 3 runtime failure (unreachable database, a failed or refused repair).
     """
     if ctx.invoked_subcommand is not None:
         return
-    _guard(_audit)(ctx, entities, all_entities, report_dir, limit, ids, progress)
+    repair = None
+    if ctx.params["repair"]:
+        repair = RepairOptions(apply=not ctx.params["dry_run"], delete_orphans=ctx.params["delete_orphans"],
+                               max_repairs=ctx.params["max_repairs"], force=ctx.params["force"])
+    _guard(_audit)(ctx, entities, all_entities, report_dir, limit, ids, progress, repair)
+
+
+def _repair_flags_alone(ctx: click.Context) -> list[str]:
+    """Repair flags given without --repair: a mistake worth stopping for, not ignoring."""
+    p = ctx.find_root().params
+    flags = {"--apply": not p["dry_run"], "--delete-orphans": p["delete_orphans"],
+             "--max-repairs": p["max_repairs"] is not None, "--force": p["force"]}
+    return [name for name, given in flags.items() if given] if not p["repair"] else []
 
 
 def _audit(ctx: click.Context, entities: tuple[str, ...], all_entities: bool, report_dir: Path | None,
-           limit: int | None, ids: tuple[str, ...], progress: bool | None) -> int:
+           limit: int | None, ids: tuple[str, ...], progress: bool | None, repair: RepairOptions | None) -> int:
     if not entities and not all_entities:
         raise UsageError("say which entities to audit: --entity NAME (repeatable) or --all (see --help)")
     if limit and ids:
         raise UsageError("--limit and --ids do not combine: --ids already names the records")
+    if _repair_flags_alone(ctx):
+        raise UsageError(f"{', '.join(_repair_flags_alone(ctx))} only work with --repair")
+    if repair is not None and repair.force:
+        click.echo("reconcile: WARNING: --force: the drift-ratio guard is off; every drifted record up to "
+                   "--max-repairs will be written", err=True)
     settings = _settings(ctx, **{"audit.report_dir": str(report_dir) if report_dir else None})
     names = list(entities)
     if all_entities:
         names += settings.entities or sorted(p.stem for p in settings.rules_dir.glob("*.yaml"))
     show = _Progress(sys.stderr.isatty() if progress is None else progress)
-    result = engine.run_audit(settings, names, ids=_split_ids(ids), limit=limit, progress=show)
+    result = engine.run_audit(settings, names, ids=_split_ids(ids), limit=limit, progress=show, repair=repair)
     show.done()
     click.echo(_summary(result))
     if settings.report_dir is not None:
@@ -159,7 +238,7 @@ def _audit(ctx: click.Context, entities: tuple[str, ...], all_entities: bool, re
         click.echo(f"report: {paths.html}\n        {paths.json}")
     if result.failed:
         return EXIT_FAILURE
-    return EXIT_DRIFT if result.has_drift else EXIT_OK
+    return EXIT_DRIFT if result.drift_left else EXIT_OK
 
 
 @main.group()

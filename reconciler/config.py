@@ -31,6 +31,13 @@ class FirestoreSettings:
 
 
 @dataclass(frozen=True)
+class RepairSettings:
+    max_repairs: int = 1000  # per entity and run; --max-repairs overrides
+    max_drift_ratio: float = 0.10  # more drifted records than this share of an entity: refuse to repair it
+    batch_size: int = 200  # records re-checked and written per round trip
+
+
+@dataclass(frozen=True)
 class Settings:
     source: str  # the config file read, or "(defaults)"
     rules_dir: Path
@@ -39,12 +46,14 @@ class Settings:
     report_dir: Path | None = None
     postgres: PostgresSettings = field(default_factory=PostgresSettings)
     firestore: FirestoreSettings = field(default_factory=FirestoreSettings)
+    repair: RepairSettings = field(default_factory=RepairSettings)
 
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "postgres": {"dsn": str, "itersize": int},
     "firestore": {"project": str, "page_size": int, "timeout_s": (int, float)},
     "audit": {"rules_dir": str, "entities": list, "max_findings": int, "report_dir": str},
+    "repair": {"max_repairs": int, "max_drift_ratio": (int, float), "batch_size": int},
 }
 
 ENV = {
@@ -70,6 +79,9 @@ def _check(data: dict[str, Any], file: str) -> None:
                 raise ConfigError(f"must be {names}, got {value!r}", file=file, key=f"{section}.{key}")
             if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
                 raise ConfigError(f"must be positive, got {value!r}", file=file, key=f"{section}.{key}")
+    ratio = data.get("repair", {}).get("max_drift_ratio")
+    if ratio is not None and not 0 < ratio <= 1:
+        raise ConfigError(f"must be a share of records in (0, 1], got {ratio!r}", file=file, key="repair.max_drift_ratio")
     for name in data.get("audit", {}).get("entities", []):
         if not isinstance(name, str) or not name:
             raise ConfigError(f"entity names must be non-empty strings, got {name!r}", file=file, key="audit.entities")
@@ -124,6 +136,7 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
             data.setdefault(section, {})[key] = _from_cwd(key, value)
     _check(data, source)
     pg, fs, audit = data.get("postgres", {}), data.get("firestore", {}), data.get("audit", {})
+    repair = {k: float(v) if k == "max_drift_ratio" else v for k, v in data.get("repair", {}).items()}
     report_dir = audit.get("report_dir")
     return Settings(
         source=source,
@@ -133,4 +146,5 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         report_dir=base / report_dir if report_dir else None,
         postgres=replace(PostgresSettings(), **pg),
         firestore=replace(FirestoreSettings(), **{k: float(v) if k == "timeout_s" else v for k, v in fs.items()}),
+        repair=replace(RepairSettings(), **repair),
     )

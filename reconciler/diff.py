@@ -17,7 +17,6 @@ from reconciler.rules.model import CompareOptions
 from reconciler.values import Geo
 
 
-
 def diff_records(shape: Branch, postgres: dict[str, Any] | None, firestore: dict[str, Any] | None,
                  compare: CompareOptions) -> tuple[FieldDiff, ...]:
     """Every differing field path with both values; () when the records are equal under the rules."""
@@ -26,6 +25,15 @@ def diff_records(shape: Branch, postgres: dict[str, Any] | None, firestore: dict
     out: list[FieldDiff] = []
     _Walker(compare, out).node(shape, postgres, firestore, "", "")
     return tuple(out)
+
+
+def node_differs(node: Node, postgres: Any, firestore: Any, compare: CompareOptions) -> bool:
+    """Whether two values of one part of the shape differ under the rules (repair asks this per subtree)."""
+    if postgres == firestore:
+        return False
+    out: list[FieldDiff] = []
+    _Walker(compare, out).node(node, postgres, firestore, "", "")
+    return bool(out)
 
 
 def _join(base: str, name: str) -> str:

@@ -13,8 +13,8 @@ import threading
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass, field, replace
 from itertools import islice
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from reconciler.config import Settings
@@ -22,10 +22,12 @@ from reconciler.diff import diff_records
 from reconciler.errors import RulesError, RuntimeFailure
 from reconciler.keys import Key, Scope, id_sort_key, merge_join
 from reconciler.mapping import FirestoreMapper, PostgresMapper, shape_of
+from reconciler.repair import Drift, Options, repair_entity
 from reconciler.result import Counts, EntityResult, Finding, FindingKind, RunResult
 from reconciler.rules import EntityRules, load_entity
 from reconciler.rules.model import DocumentSpec
 from reconciler.rules.schema_check import check_against_schema
+from reconciler.sources import Sides
 from reconciler.sources import firestore as fs_source
 from reconciler.sources import postgres as pg_source
 
@@ -86,9 +88,11 @@ def prefetch(items: Iterable[T], size: int = 2000, name: str = "prefetch") -> It
 @dataclass
 class _Tally:
     max_findings: int
+    max_drifts: int = 0  # drifted records kept whole for repair (0: an audit keeps none)
     counts: Counter[str] = field(default_factory=Counter)
     fields: Counter[str] = field(default_factory=Counter)
     findings: list[Finding] = field(default_factory=list)
+    drifts: list[Drift] = field(default_factory=list)
 
     def add(self, finding: Finding | None, field_prefix: str = "") -> None:
         if finding is None:
@@ -111,24 +115,17 @@ def document_path(rules: EntityRules, doc: DocumentSpec, key: Key) -> str:
     return f"{rules.root.collection}/{key[0]}/{doc.collection}/{key[1]}"
 
 
-@dataclass
-class Sides:
-    """Open connections to both databases for one run."""
-
-    pg: Any  # psycopg.Connection
-    fs: Any  # firestore.Client
-    settings: Settings
-    schema: dict[str, dict[str, str]] = field(default_factory=dict)
-
-
-def audit_entity(rules: EntityRules, sides: Sides, scope: Scope, progress: Progress = _no_progress) -> EntityResult:
+def audit_entity(rules: EntityRules, sides: Sides, settings: Settings, scope: Scope,
+                 progress: Progress = _no_progress, repair: Options | None = None,
+                 run_id: str = "") -> EntityResult:
+    """Audit one entity; with `repair`, then plan (and apply) the repair of what differs."""
     started = time.monotonic()
-    tally = _Tally(sides.settings.max_findings)
+    tally = _Tally(settings.max_findings, repair.limit(settings) if repair else 0)
     pg_source.begin_snapshot(sides.pg)
     try:
-        pg_reader = pg_source.PostgresReader(sides.pg, sides.schema, itersize=sides.settings.postgres.itersize)
-        fs_reader = fs_source.FirestoreReader(sides.fs, page_size=sides.settings.firestore.page_size,
-                                              timeout=sides.settings.firestore.timeout_s)
+        pg_reader = pg_source.PostgresReader(sides.pg, sides.schema, itersize=settings.postgres.itersize)
+        fs_reader = fs_source.FirestoreReader(sides.fs, page_size=settings.firestore.page_size,
+                                              timeout=settings.firestore.timeout_s)
         for doc in rules.documents:
             _audit_documents(rules, doc, pg_reader, fs_reader, scope, tally, progress)
     finally:
@@ -137,9 +134,15 @@ def audit_entity(rules: EntityRules, sides: Sides, scope: Scope, progress: Progr
     counts = Counts(postgres=c["postgres"], firestore=c["firestore"], matched=c["matched"],
                     mismatched=c["mismatched"], missing_in_firestore=c["missing_in_firestore"],
                     missing_in_postgres=c["missing_in_postgres"])
+    findings, summary = tuple(tally.findings), None
+    if repair is not None:
+        outcome = repair_entity(rules, sides, settings, tally.drifts, counts, repair, run_id)
+        findings = tuple(replace(f, repair=outcome.repairs.get(f.key, outcome.others)) for f in findings)
+        summary = outcome.summary
     return EntityResult(entity=rules.entity, source_of_truth=rules.source_of_truth, counts=counts,
-                        findings=tuple(tally.findings), findings_truncated=tally.drifted > len(tally.findings),
-                        field_counts=dict(tally.fields.most_common()), duration_s=time.monotonic() - started)
+                        findings=findings, findings_truncated=tally.drifted > len(tally.findings),
+                        field_counts=dict(tally.fields.most_common()), duration_s=time.monotonic() - started,
+                        repair=summary)
 
 
 def _audit_documents(rules: EntityRules, doc: DocumentSpec, pg_reader: pg_source.PostgresReader,
@@ -148,22 +151,26 @@ def _audit_documents(rules: EntityRules, doc: DocumentSpec, pg_reader: pg_source
     fs_map = FirestoreMapper(doc, rules.compare)
     shape = shape_of(doc)
     pg_records = ((k, pg_map.record(*raw)) for k, raw in pg_reader.stream(doc, scope))
-    fs_records = ((k, fs_map.record(d)) for k, d in fs_reader.stream(doc, scope, rules.root.collection))
+    # the raw document rides along: repair keeps it (and its update time) for drifted records only
+    fs_records = ((k, (fs_map.record(d.fields), d)) for k, d in fs_reader.stream(doc, scope, rules.root.collection))
     n = 0
     field_prefix = "" if doc.parent is None else f"{doc.collection}/"  # "ipAddresses/isp.name" in per-field counts
-    for key, pg, fs in merge_join(prefetch(pg_records, name="postgres"), prefetch(fs_records, name="firestore"),
-                                  entity=rules.entity):
+    for key, pg, fs_pair in merge_join(prefetch(pg_records, name="postgres"), prefetch(fs_records, name="firestore"),
+                                       entity=rules.entity):
         n += 1
+        fs, fs_doc = fs_pair if fs_pair is not None else (None, None)
         tally.counts["postgres"] += pg is not None
         tally.counts["firestore"] += fs is not None
         if fs is None:
-            tally.add(Finding(document_path(rules, doc, key), FindingKind.MISSING_IN_FIRESTORE))
+            finding = Finding(document_path(rules, doc, key), FindingKind.MISSING_IN_FIRESTORE)
         elif pg is None:
-            tally.add(Finding(document_path(rules, doc, key), FindingKind.MISSING_IN_POSTGRES))
+            finding = Finding(document_path(rules, doc, key), FindingKind.MISSING_IN_POSTGRES)
         else:
             fields = diff_records(shape, pg, fs, rules.compare)
-            tally.add(Finding(document_path(rules, doc, key), FindingKind.MISMATCH, fields) if fields else None,
-                      field_prefix)
+            finding = Finding(document_path(rules, doc, key), FindingKind.MISMATCH, fields) if fields else None
+        tally.add(finding, field_prefix)
+        if finding is not None and len(tally.drifts) < tally.max_drifts:
+            tally.drifts.append(Drift(doc, key, finding, pg, fs_doc, fs))
         if n % 1000 == 0:
             progress(rules.entity, doc.collection, n, tally.drifted)
     progress(rules.entity, doc.collection, n, tally.drifted)
@@ -191,7 +198,7 @@ def open_sides(settings: Settings, tables: Iterable[str]) -> Sides:
     except BaseException:
         pg.close()
         raise
-    return Sides(pg=pg, fs=fs, settings=settings, schema=schema)
+    return Sides(pg=pg, fs=fs, schema=schema)
 
 
 def limit_scope(rules: EntityRules, sides: Sides, limit: int) -> Scope:
@@ -210,9 +217,11 @@ def limit_scope(rules: EntityRules, sides: Sides, limit: int) -> Scope:
 
 
 def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ...] | None = None,
-              limit: int | None = None, progress: Progress = _no_progress) -> RunResult:
-    """Audit each entity; a runtime failure of one entity is recorded in its result and the others go on."""
+              limit: int | None = None, progress: Progress = _no_progress, repair: Options | None = None) -> RunResult:
+    """Audit (and with `repair`, repair) each entity; a runtime failure of one entity is recorded in its
+    result and the others go on."""
     started = dt.datetime.now(dt.timezone.utc)
+    run_id = uuid.uuid4().hex[:12]
     rules_list = load_rules(settings, entities)
     sides = open_sides(settings, [t for r in rules_list for t in r.tables()])
     try:
@@ -221,16 +230,14 @@ def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ..
         for rules in rules_list:
             try:
                 scope = Scope(ids=ids) if ids else (limit_scope(rules, sides, limit) if limit else Scope())
-                results.append(audit_entity(rules, sides, scope, progress))
+                results.append(audit_entity(rules, sides, settings, scope, progress, repair, run_id))
             except RuntimeFailure as exc:
                 results.append(EntityResult(entity=rules.entity, source_of_truth=rules.source_of_truth,
                                             counts=Counts(), findings=(), findings_truncated=False, error=str(exc)))
     finally:
         sides.pg.close()
-    return RunResult(run_id=uuid.uuid4().hex[:12], mode="audit", started_at=started,
+    return RunResult(run_id=run_id, mode="repair" if repair else "audit", started_at=started,
                      finished_at=dt.datetime.now(dt.timezone.utc), entities=tuple(results))
-
-
 
 
 def live_schema(settings: Settings, tables: Iterable[str]) -> dict[str, dict[str, str]]:

@@ -25,7 +25,7 @@ from typing import Any
 import jinja2
 
 from reconciler.errors import RuntimeFailure
-from reconciler.result import EntityResult, Finding, FindingKind, RunResult
+from reconciler.result import EntityResult, Finding, FindingKind, Repair, RepairSummary, RunResult
 from reconciler.values import to_json
 
 TEMPLATE = "report.html.j2"
@@ -74,7 +74,13 @@ def _entity_dict(e: EntityResult) -> dict[str, Any]:
         "duration_s": round(e.duration_s, 3),
         "findings": [_finding_dict(f) for f in e.findings],
         "findings_truncated": e.findings_truncated,
+        **({"repair": _summary_dict(e.repair)} if e.repair is not None else {}),
     }
+
+
+def _summary_dict(r: RepairSummary) -> dict[str, Any]:
+    return {"target": r.target, "applied": r.applied, "planned": r.planned, "done": r.done, "skipped": r.skipped,
+            "failed": r.failed, "refused": r.refused}
 
 
 def _finding_dict(f: Finding) -> dict[str, Any]:
@@ -83,7 +89,16 @@ def _finding_dict(f: Finding) -> dict[str, Any]:
         "kind": f.kind.value if isinstance(f.kind, FindingKind) else str(f.kind),
         "fields": [{"path": d.path, "postgres": _value(d.postgres), "firestore": _value(d.firestore)}
                    for d in f.fields],
+        **({"repair": _repair_dict(f.repair)} if f.repair is not None else {}),
     }
+
+
+def _repair_dict(r: Repair) -> dict[str, Any]:
+    out = {"action": r.action.value, "status": r.status.value, "reason": r.reason,
+           "writes": [_finite(w) for w in r.writes]}
+    if r.deleted is not None:
+        out["deleted"] = _value(r.deleted)
+    return out
 
 
 def _value(value: Any) -> Any:
@@ -190,7 +205,20 @@ def _entity_view(e: dict[str, Any], anchors: set[str]) -> dict[str, Any]:
         "findings": findings,
         "shown": len(findings),
         "truncated": bool(e.get("findings_truncated")),
+        "repair": _repair_summary_text(e.get("repair")),
     }
+
+
+def _repair_summary_text(r: Any) -> str | None:
+    if not isinstance(r, dict):
+        return None
+    target = {"postgres": "Postgres", "firestore": "Firestore"}.get(str(r.get("target")), str(r.get("target")))
+    if r.get("refused"):
+        return f"Repair toward {target} refused: {r['refused']}"
+    if not r.get("applied"):
+        return f"Repair toward {target}, dry run: {_int(r.get('planned')):,} records would be written; nothing was."
+    return (f"Repair toward {target}: {_int(r.get('done')):,} applied, {_int(r.get('skipped')):,} skipped, "
+            f"{_int(r.get('failed')):,} failed.")
 
 
 KIND_LABELS = {
@@ -221,7 +249,15 @@ def _finding_view(f: dict[str, Any]) -> dict[str, Any]:
         "kind_label": KIND_LABELS.get(kind, kind.replace("_", " ")),
         "note": MISSING_NOTES.get(kind, "No field details recorded."),
         "rows": rows,
+        "repair": _repair_text(f.get("repair")),
     }
+
+
+def _repair_text(r: Any) -> str | None:
+    if not isinstance(r, dict):
+        return None
+    reason = f": {r['reason']}" if r.get("reason") else ""
+    return f"Repair: {r.get('action')}, {r.get('status')}{reason}"
 
 
 _PLAIN = re.compile(r"\S(?:.*\S)?", re.DOTALL)  # no leading/trailing whitespace, not empty

@@ -24,11 +24,36 @@ class FieldDiff:
     pattern: str = ""  # the path with data-dependent parts generalised ("sources.*.id"), for per-field counts
 
 
+class RepairAction(str, Enum):
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+    SKIP = "skip"
+
+
+class RepairStatus(str, Enum):
+    APPLIED = "applied"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Repair:
+    """What repair did (or, in a dry run, would do) about one finding."""
+
+    action: RepairAction
+    status: RepairStatus
+    reason: str = ""
+    writes: tuple[dict[str, Any], ...] = ()  # the exact writes, as JSON-ready dicts (see repair.py)
+    deleted: Any = None  # a deleted record's full copy (every field or column, mapped or not)
+
+
 @dataclass(frozen=True)
 class Finding:
     key: str  # the Firestore document path, e.g. "customers/<id>/addresses/<addressId>"
     kind: FindingKind
     fields: tuple[FieldDiff, ...] = ()
+    repair: Repair | None = None  # set in repair mode
 
 
 @dataclass(frozen=True)
@@ -46,6 +71,22 @@ class Counts:
 
 
 @dataclass(frozen=True)
+class RepairSummary:
+    target: str  # the side written: the one that is not the source of truth
+    applied: bool  # False: a dry run, nothing written
+    planned: int = 0
+    done: int = 0  # status applied
+    skipped: int = 0
+    failed: int = 0
+    refused: str | None = None  # why nothing was repaired (blast-radius guard); the run then fails
+
+    @property
+    def clean(self) -> bool:
+        """Every drifted record was repaired."""
+        return self.applied and self.refused is None and self.skipped == 0 and self.failed == 0
+
+
+@dataclass(frozen=True)
 class EntityResult:
     entity: str
     source_of_truth: str  # "postgres" | "firestore"
@@ -55,16 +96,27 @@ class EntityResult:
     field_counts: dict[str, int] = field(default_factory=dict)  # drifted field path pattern -> records
     duration_s: float = 0.0
     error: str | None = None  # set when this entity failed; counts are then partial
+    repair: RepairSummary | None = None  # set in repair mode
 
     @property
     def has_drift(self) -> bool:
         return self.counts.drifted > 0
 
+    @property
+    def failed(self) -> bool:
+        return self.error is not None or (self.repair is not None and
+                                          (self.repair.refused is not None or self.repair.failed > 0))
+
+    @property
+    def drift_left(self) -> bool:
+        """Drift that is still there after this run (all of it unless repair applied every write)."""
+        return self.has_drift and not (self.repair is not None and self.repair.clean)
+
 
 @dataclass(frozen=True)
 class RunResult:
     run_id: str
-    mode: str  # "audit"
+    mode: str  # "audit" | "repair"
     started_at: dt.datetime
     finished_at: dt.datetime
     entities: tuple[EntityResult, ...]
@@ -75,4 +127,8 @@ class RunResult:
 
     @property
     def failed(self) -> bool:
-        return any(e.error for e in self.entities)
+        return any(e.failed for e in self.entities)
+
+    @property
+    def drift_left(self) -> bool:
+        return any(e.drift_left for e in self.entities)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
 
+import psycopg
 import pytest
 
 from reconciler import sandbox
@@ -105,3 +108,32 @@ def fs_client(fs_project):
     client = firestore.Client(project=fs_project)
     yield client
     client.close()
+
+
+# ------------------------------------------------------------------------------------------ seed data
+
+ROOT = Path(__file__).parents[1]
+
+
+class Loaded(NamedTuple):
+    settings: Any
+    people: list[Any]
+
+    def __repr__(self) -> str:  # hypothesis prints fixtures of a failing example: keep it short
+        return f"Loaded({len(self.people)} customers)"
+
+
+@pytest.fixture
+def customers_loaded(pg_dsn, fs_client, fs_project) -> Loaded:
+    """30 seed-000 customers in both databases, in sync; returns (settings, customers)."""
+    from demo import customers
+    from reconciler.config import load_settings
+
+    people = customers.generate(30, seed=7)
+    with psycopg.connect(pg_dsn) as conn:
+        customers.create_schema(conn)
+        customers.load_postgres(conn, people)
+    customers.load_firestore(fs_client, people)
+    settings = load_settings(None, env={"RECONCILER_PG_DSN": pg_dsn, "GOOGLE_CLOUD_PROJECT": fs_project,
+                                        "RECONCILER_RULES_DIR": str(ROOT / "rules")})
+    return Loaded(settings, people)

@@ -19,18 +19,6 @@ ROOT = Path(__file__).parents[1]
 N = 30
 
 
-@pytest.fixture
-def loaded(pg_dsn, fs_client, fs_project):
-    people = customers.generate(N, seed=7)
-    with psycopg.connect(pg_dsn) as conn:
-        customers.create_schema(conn)
-        customers.load_postgres(conn, people)
-    customers.load_firestore(fs_client, people)
-    settings = load_settings(None, env={"RECONCILER_PG_DSN": pg_dsn, "GOOGLE_CLOUD_PROJECT": fs_project,
-                                        "RECONCILER_RULES_DIR": str(ROOT / "rules")})
-    return settings, people
-
-
 def _records(people) -> int:
     return sum(1 + sum(len(docs) for docs in p.subcollections.values()) for p in people)
 
@@ -41,11 +29,11 @@ def _findings(result):
     return {(f.key, f.kind.value, tuple(sorted(x.path for x in f.fields))) for f in entity.findings}
 
 
-def test_seed_shaped_customers_audit_clean(loaded):
+def test_seed_shaped_customers_audit_clean(customers_loaded):
     """Every mapped field of seed 000 round-trips: decimals vs doubles (and ints), timestamps, dates, GeoPoints,
     inet/uuid strings, arrays, jsonb maps, the latest risk assessment, sources map, segments set in another
     order, NULL columns written as null or left out, server-set timestamps that differ."""
-    settings, people = loaded
+    settings, people = customers_loaded
     result = run_audit(settings, ["customers"])
     e = result.entities[0]
     assert e.error is None and e.findings == ()
@@ -57,8 +45,8 @@ def _with(people, predicate):
     return next(p for p in people if predicate(p))
 
 
-def test_every_mapped_construct_drift_is_found_with_its_path(loaded, fs_client, pg_dsn):
-    settings, people = loaded
+def test_every_mapped_construct_drift_is_found_with_its_path(customers_loaded, fs_client, pg_dsn):
+    settings, people = customers_loaded
     col = fs_client.collection("customers")
     rich = [p for p in people if p.document.get("risk") and p.document.get("segments") and p.document.get("demographics")]
     a, b, c, d = rich[:4]
@@ -108,8 +96,8 @@ def test_every_mapped_construct_drift_is_found_with_its_path(loaded, fs_client, 
     assert got == expected
 
 
-def test_a_newer_risk_assessment_in_postgres_changes_the_compared_risk(loaded, pg_dsn):
-    settings, people = loaded
+def test_a_newer_risk_assessment_in_postgres_changes_the_compared_risk(customers_loaded, pg_dsn):
+    settings, people = customers_loaded
     p = _with(people, lambda p: p.document.get("risk") and p.document["risk"]["level"] != "critical")
     with psycopg.connect(pg_dsn) as conn:
         conn.execute("INSERT INTO customer_risk_assessments (customer_id, risk_score, risk_level, assessed_at) "
@@ -119,8 +107,8 @@ def test_a_newer_risk_assessment_in_postgres_changes_the_compared_risk(loaded, p
     assert paths["risk.overallScore"][0] == 100 and paths["risk.level"] == ("critical", p.document["risk"]["level"])
 
 
-def test_cli_writes_reports_and_exits_1_on_drift(loaded, fs_client, tmp_path, monkeypatch):
-    settings, people = loaded
+def test_cli_writes_reports_and_exits_1_on_drift(customers_loaded, fs_client, tmp_path, monkeypatch):
+    settings, people = customers_loaded
     fs_client.collection("customers").document(people[0].id).update({"metrics.totalOrders": -1})
     monkeypatch.setenv("RECONCILER_PG_DSN", settings.postgres.dsn)
     monkeypatch.setenv("RECONCILER_RULES_DIR", str(ROOT / "rules"))
@@ -139,8 +127,8 @@ def test_cli_writes_reports_and_exits_1_on_drift(loaded, fs_client, tmp_path, mo
     assert clean.exit_code == 0, clean.output
 
 
-def test_rules_check_against_the_live_seed_schema(loaded, tmp_path, monkeypatch):
-    settings, _ = loaded
+def test_rules_check_against_the_live_seed_schema(customers_loaded, tmp_path, monkeypatch):
+    settings, _ = customers_loaded
     monkeypatch.setenv("RECONCILER_PG_DSN", settings.postgres.dsn)
     monkeypatch.setenv("RECONCILER_RULES_DIR", str(ROOT / "rules"))
     ok = CliRunner().invoke(main, ["rules", "check", "--entity", "customers"])
@@ -157,8 +145,8 @@ def test_rules_check_against_the_live_seed_schema(loaded, tmp_path, monkeypatch)
     assert audit.exit_code == 2 and "phone_normalised" in audit.output
 
 
-def test_per_field_counts_name_the_subcollection(loaded, fs_client):
-    settings, people = loaded
+def test_per_field_counts_name_the_subcollection(customers_loaded, fs_client):
+    settings, people = customers_loaded
     ip = _with(people, lambda p: p.subcollections.get("ipAddresses"))
     ip_id = next(iter(ip.subcollections["ipAddresses"]))
     fs_client.collection("customers").document(ip.id).collection("ipAddresses").document(ip_id).update({"isp.name": "x"})
@@ -167,10 +155,10 @@ def test_per_field_counts_name_the_subcollection(loaded, fs_client):
     assert e.field_counts == {"ipAddresses/isp.name": 1, "metrics.totalOrders": 1}
 
 
-def test_libpq_variables_are_used_when_no_dsn_is_given_and_progress_shows_only_when_asked(loaded, monkeypatch):
+def test_libpq_variables_are_used_when_no_dsn_is_given_and_progress_shows_only_when_asked(customers_loaded, monkeypatch):
     from psycopg.conninfo import conninfo_to_dict
 
-    settings, people = loaded
+    settings, people = customers_loaded
     parts = conninfo_to_dict(settings.postgres.dsn)
     monkeypatch.delenv("RECONCILER_PG_DSN", raising=False)
     for var, key in (("PGHOST", "host"), ("PGPORT", "port"), ("PGUSER", "user"), ("PGDATABASE", "dbname")):
@@ -183,8 +171,8 @@ def test_libpq_variables_are_used_when_no_dsn_is_given_and_progress_shows_only_w
     assert shown.exit_code == 0 and "customers/customers:" in shown.stderr and "/s" in shown.stderr
 
 
-def test_all_runs_the_entities_the_config_enables(loaded, monkeypatch):
-    settings, people = loaded
+def test_all_runs_the_entities_the_config_enables(customers_loaded, monkeypatch):
+    settings, people = customers_loaded
     monkeypatch.setenv("RECONCILER_PG_DSN", settings.postgres.dsn)
     monkeypatch.setenv("RECONCILER_CONFIG", str(ROOT / "config" / "reconciler.toml"))  # audit.entities = customers
     r = CliRunner().invoke(main, ["--all"])
@@ -192,8 +180,8 @@ def test_all_runs_the_entities_the_config_enables(loaded, monkeypatch):
     assert r.stdout.startswith(f"customers: {_records(people):,} in Postgres")
 
 
-def test_the_demo_drift_is_found_exactly(loaded, fs_client, pg_dsn):
-    settings, people = loaded
+def test_the_demo_drift_is_found_exactly(customers_loaded, fs_client, pg_dsn):
+    settings, people = customers_loaded
     with psycopg.connect(pg_dsn) as conn:
         injected = customers.inject_demo_drift(conn, fs_client, people, seed=3)
     assert {d["kind"] for d in injected} == {"mismatch", "missing_in_firestore", "missing_in_postgres"}

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Literal, NamedTuple
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
@@ -26,6 +27,26 @@ TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServer
              gexc.TooManyRequests)
 
 
+class FsDoc(NamedTuple):
+    fields: dict[str, Any]
+    update_time: Any  # the server's update time (DatetimeWithNanoseconds): the version repair checks against
+
+
+@dataclass(frozen=True)
+class FsWrite:
+    """One document write. `update_time` is the version the diff read: the write only lands if the
+    document still has it (create: only if the document still does not exist)."""
+
+    path: str
+    op: Literal["create", "update", "delete"]
+    fields: dict[str, Any]  # create: the document; update: field path -> value or DELETE_FIELD; delete: {}
+    update_time: Any = None
+
+
+WriteOutcome = tuple[Literal["applied", "changed", "failed"], str]
+CHANGED = (gexc.FailedPrecondition, gexc.NotFound, gexc.AlreadyExists)  # a precondition did not hold
+
+
 def connect(project: str | None, *, timeout: float = 10.0) -> firestore.Client:
     """A client for the project (FIRESTORE_EMULATOR_HOST is honoured by the client), checked reachable."""
     try:
@@ -38,6 +59,10 @@ def connect(project: str | None, *, timeout: float = 10.0) -> firestore.Client:
     except Exception as exc:
         raise RuntimeFailure(f"firestore: cannot reach {where} (project {client.project!r}): {_one_line(exc)}") from None
     return client
+
+
+def _doc(snap: Any) -> FsDoc:
+    return FsDoc(_fields(snap), snap.update_time)
 
 
 def _fields(snap: Any) -> dict[str, Any]:
@@ -60,8 +85,8 @@ class FirestoreReader:
         self.retries = retries
         self.timeout = timeout
 
-    def stream(self, doc: DocumentSpec, scope: Scope, root_collection: str) -> Iterator[tuple[Key, dict[str, Any]]]:
-        """(key, document fields) in key order: key = (ID,) for root documents, (parent ID, ID) for subdocuments."""
+    def stream(self, doc: DocumentSpec, scope: Scope, root_collection: str) -> Iterator[tuple[Key, FsDoc]]:
+        """(key, document) in key order: key = (ID,) for root documents, (parent ID, ID) for subdocuments."""
         if doc.parent is None:
             if scope.ids is not None:
                 yield from self._root_by_ids(doc.collection, scope)
@@ -72,13 +97,13 @@ class FirestoreReader:
         else:
             yield from self._children(root_collection, doc.collection, scope)
 
-    def _root(self, collection: str, scope: Scope) -> Iterator[tuple[Key, dict[str, Any]]]:
+    def _root(self, collection: str, scope: Scope) -> Iterator[tuple[Key, FsDoc]]:
         for snap in self._paged(lambda: self.client.collection(collection).order_by("__name__")):
             if scope.past_upper(snap.id):
                 return
-            yield (snap.id,), _fields(snap)
+            yield (snap.id,), _doc(snap)
 
-    def _children(self, root: str, name: str, scope: Scope) -> Iterator[tuple[Key, dict[str, Any]]]:
+    def _children(self, root: str, name: str, scope: Scope) -> Iterator[tuple[Key, FsDoc]]:
         # Start at the lowest possible path under `root` (numeric IDs sort first, int64 at the least) and stop
         # at the first path under another root collection: same-named groups elsewhere are never read.
         first = self.client.document(f"{root}/{LOWEST_ID}/{name}/{LOWEST_ID}")
@@ -91,21 +116,21 @@ class FirestoreReader:
                 continue  # a same-named collection deeper down, under another subcollection
             if scope.past_upper(parts[1]):
                 return
-            yield (parts[1], parts[3]), _fields(snap)
+            yield (parts[1], parts[3]), _doc(snap)
 
-    def _root_by_ids(self, collection: str, scope: Scope) -> Iterator[tuple[Key, dict[str, Any]]]:
+    def _root_by_ids(self, collection: str, scope: Scope) -> Iterator[tuple[Key, FsDoc]]:
         refs = [self.client.collection(collection).document(i) for i in scope.sorted_ids()]
         snaps = {s.id: s for s in self._call(lambda: list(self.client.get_all(refs)))}
         for i in scope.sorted_ids():
             snap = snaps.get(i)
             if snap is not None and snap.exists:
-                yield (i,), _fields(snap)
+                yield (i,), _doc(snap)
 
-    def _children_by_ids(self, root: str, name: str, scope: Scope) -> Iterator[tuple[Key, dict[str, Any]]]:
+    def _children_by_ids(self, root: str, name: str, scope: Scope) -> Iterator[tuple[Key, FsDoc]]:
         for parent in scope.sorted_ids():
             query = self.client.collection(root).document(parent).collection(name).order_by("__name__")
             for snap in self._call(lambda: list(query.stream(timeout=self.timeout))):
-                yield (parent, snap.id), _fields(snap)
+                yield (parent, snap.id), _doc(snap)
 
     def _paged(self, make_query: Callable[[], Any]) -> Iterator[Any]:
         """Every document of the query, in pages of page_size, resuming after the last one on transient errors."""
@@ -133,7 +158,8 @@ class FirestoreReader:
             if got < self.page_size:
                 return
 
-    def _call(self, fn: Callable[[], Any]) -> Any:
+    def _call(self, fn: Callable[[], Any], passthrough: tuple[type[Exception], ...] = ()) -> Any:
+        """fn(), retried on transient errors; other API errors become a RuntimeFailure, except `passthrough`."""
         for attempt in range(self.retries + 1):
             try:
                 return fn()
@@ -141,6 +167,58 @@ class FirestoreReader:
                 if attempt == self.retries:
                     raise RuntimeFailure(f"firestore: {_one_line(exc)} (after {self.retries} retries)") from None
                 time.sleep(min(30.0, 0.5 * 2 ** (attempt + 1)))
+            except passthrough:
+                raise
             except gexc.GoogleAPICallError as exc:
                 raise RuntimeFailure(f"firestore: {_one_line(exc)}") from None
         raise AssertionError("unreachable")
+
+
+class FirestoreWriter:
+    """Reads documents by path and commits writes with their preconditions, reporting each write's outcome."""
+
+    def __init__(self, client: firestore.Client, *, retries: int = 5) -> None:
+        self.client = client
+        self.reader = FirestoreReader(client, retries=retries)
+
+    def read(self, paths: list[str]) -> dict[str, FsDoc | None]:
+        """The current version of each document (None: it does not exist)."""
+        refs = [self.client.document(p) for p in paths]
+        snaps = self.reader._call(lambda: list(self.client.get_all(refs))) if refs else []
+        found = {s.reference.path: s for s in snaps}
+        return {p: (_doc(found[p]) if p in found and found[p].exists else None) for p in paths}
+
+    def commit(self, writes: list[FsWrite]) -> list[WriteOutcome]:
+        """All writes in one atomic batch; if Firestore refuses the batch, each write alone, so that one
+        document that changed since it was read does not hold back the others."""
+        if not writes:
+            return []
+        if len(writes) == 1:
+            return [self._one(writes[0])]
+        try:
+            self._batch(writes)
+            return [("applied", "")] * len(writes)
+        except (gexc.GoogleAPICallError, RuntimeFailure):
+            return [self._one(w) for w in writes]
+
+    def _one(self, write: FsWrite) -> WriteOutcome:
+        try:
+            self._batch([write])
+            return ("applied", "")
+        except CHANGED as exc:
+            return ("changed", _one_line(exc))
+        except (gexc.GoogleAPICallError, RuntimeFailure) as exc:
+            return ("failed", _one_line(exc))
+
+    def _batch(self, writes: list[FsWrite]) -> None:
+        batch = self.client.batch()
+        for w in writes:
+            ref = self.client.document(w.path)
+            option = self.client.write_option(last_update_time=w.update_time) if w.update_time else None
+            if w.op == "create":
+                batch.create(ref, w.fields)
+            elif w.op == "update":
+                batch.update(ref, w.fields, option=option)
+            else:
+                batch.delete(ref, option=option)
+        self.reader._call(batch.commit, passthrough=(*CHANGED, gexc.InvalidArgument))

@@ -9,10 +9,12 @@ document (embeds) are streamed in the same order and grouped to their parent as 
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterator
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from reconciler.errors import RuntimeFailure
 from reconciler.keys import Key, Scope, SortKey, id_sort_key
@@ -50,6 +52,19 @@ def fetch_schema(conn: psycopg.Connection, tables: tuple[str, ...]) -> Schema:
     for table, column, udt in rows:
         schema.setdefault(table, {})[column] = udt
     return schema
+
+
+def _castable(ids: tuple[str, ...], udt: str) -> list[str]:
+    """The IDs that can be values of a column of this type: the others cannot match any row."""
+    pattern = _ID_PATTERNS.get(udt)
+    return [i for i in ids if pattern is None or pattern.fullmatch(i)]
+
+
+# a key's text is a document ID only in this form (uuid::text is lowercase), so other IDs match no row
+_ID_PATTERNS = {
+    "uuid": re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"),
+    **{t: re.compile(r"-?[1-9][0-9]*|0") for t in ("int2", "int4", "int8", "numeric")},
+}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -96,9 +111,10 @@ class PostgresReader:
         select = [_text(k) for k in keys] + [sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns]
         order = [term for k in keys for term in order_terms(k, types[k])] + list(extra_order)
         where, params = sql.SQL(""), []
-        if scope.ids is not None:
-            where = sql.SQL(" WHERE {} = ANY(%s)").format(_text(scope_column))
-            params.append(list(scope.ids))
+        if scope.ids is not None:  # compared in the column's own type, so that its index serves the lookup
+            where = sql.SQL(" WHERE t.{} = ANY(%s::{}[])").format(sql.Identifier(scope_column),
+                                                               sql.Identifier(types[scope_column]))
+            params.append(_castable(scope.ids, types[scope_column]))
         query = sql.SQL("SELECT {} FROM {} AS t{} ORDER BY {}").format(
             sql.SQL(", ").join(select), sql.Identifier(table), where, sql.SQL(", ").join(order))
         return query, params
@@ -154,3 +170,54 @@ class _Grouped:
             if self.head is not None and self.head[0] < prev:
                 raise RuntimeFailure(f"postgres: child rows out of key order ({prev!r} then {self.head[0]!r})")
         return out
+
+
+# ---------------------------------------------------------------- writes (repair)
+
+def begin_serializable(conn: psycopg.Connection) -> None:
+    """A read-write transaction in which a concurrent commit to what we read aborts our commit."""
+    conn.rollback()
+    conn.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+
+
+def _where(key: dict[str, Any]) -> tuple[sql.Composable, list[Any]]:
+    # str parameters are sent untyped, so Postgres reads them as the column's type and can use its index
+    terms = [sql.SQL("{} = %s").format(sql.Identifier(c)) for c in key]
+    return sql.SQL(" AND ").join(terms), [str(v) for v in key.values()]
+
+
+def _adapt(value: Any, udt: str) -> Any:
+    return Jsonb(value) if udt in ("json", "jsonb") and value is not None else value
+
+
+def upsert_row(conn: psycopg.Connection, table: str, key: dict[str, Any], values: dict[str, Any],
+               types: dict[str, str]) -> str:
+    """UPDATE the row with these key values, or INSERT it when there is none (no unique constraint needed).
+    On INSERT, NULL values are left out so that column defaults apply. Returns "update" or "insert"."""
+    table_id = sql.Identifier(table)
+    where, params = _where(key)
+    if values:
+        sets = sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in values)
+        cur = conn.execute(sql.SQL("UPDATE {} SET {} WHERE {}").format(table_id, sets, where),
+                           [_adapt(v, types.get(c, "")) for c, v in values.items()] + params)
+    else:
+        cur = conn.execute(sql.SQL("SELECT 1 FROM {} WHERE {}").format(table_id, where), params)
+    if cur.rowcount:
+        return "update"
+    row = {**{c: v for c, v in values.items() if v is not None}, **key}
+    conn.execute(sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+        table_id, sql.SQL(", ").join(map(sql.Identifier, row)), sql.SQL(", ").join(sql.Placeholder() * len(row))),
+        [_adapt(v, types.get(c, "")) for c, v in row.items()])
+    return "insert"
+
+
+def delete_rows(conn: psycopg.Connection, table: str, key: dict[str, Any]) -> int:
+    where, params = _where(key)
+    return conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(sql.Identifier(table), where), params).rowcount
+
+
+def copy_rows(conn: psycopg.Connection, table: str, key: dict[str, Any]) -> list[Any]:
+    """Every column of the matching rows, as JSON: the copy a report keeps of what was deleted."""
+    where, params = _where(key)
+    query = sql.SQL("SELECT to_jsonb(t) FROM {} AS t WHERE {}").format(sql.Identifier(table), where)
+    return [r[0] for r in conn.execute(query, params)]
