@@ -2,6 +2,7 @@
 
     ./run demo                      3,000 customers, report in out/demo/
     ./run demo --customers 20000    a bigger sweep
+    ./run demo --repair             then repair the drift (--repair --apply --delete-orphans) and audit again
     ./run demo --keep               leave both servers running afterwards, to try `reconcile` by hand
 """
 
@@ -70,11 +71,28 @@ def _compare(injected: list[dict], report: Path) -> None:
         print(f"demo: injected but not found: {sorted(expected - found)}; found but not injected: {sorted(found - expected)}")
 
 
+def _repair(cmd: list[str], report_dir: Path) -> int:
+    """Repair what the audit found, then audit again: the second audit must be clean (exit 0)."""
+    repair = [*cmd[:2], "--report-dir", str(report_dir / "repair"), "--repair", "--apply", "--delete-orphans"]
+    print(f"demo: reconcile {' '.join(repair)}")
+    code, _ = _run_measured([sys.executable, "-m", "reconciler.cli", *repair])
+    (entity,) = json.loads((report_dir / "repair" / "report.json").read_text())["entities"]
+    r = entity["repair"]
+    rate = r["done"] / r["duration_s"] if r["duration_s"] else 0.0
+    print(f"demo: repair exited with {code}: {r['done']} records repaired in {r['duration_s']:.2f} s "
+          f"after the audit ({rate:,.0f} records/s), {r['skipped']} skipped, {r['failed']} failed")
+    code, _ = _run_measured([sys.executable, "-m", "reconciler.cli", *cmd[:2]])
+    print(f"demo: the audit after the repair exited with {code} ({'clean' if code == 0 else 'NOT clean'})")
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="./run demo", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--customers", type=int, default=3000, help="how many sample customers (default 3000)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--report-dir", type=Path, default=ROOT / "out" / "demo")
+    ap.add_argument("--repair", action="store_true",
+                    help="after the audit, repair the drift toward Firestore and audit again (should be clean)")
     ap.add_argument("--keep", action="store_true", help="keep the servers running until Ctrl-C")
     args = ap.parse_args(argv)
 
@@ -94,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
               f"in {took:.1f} s, peak memory {peak_mib:.0f} MiB")
         _compare(injected, args.report_dir / "report.json")
         print(f"demo: open {args.report_dir / 'report.html'}")
+        if args.repair:
+            code = _repair(cmd, args.report_dir)
         if args.keep:
             print("demo: servers are up; in another shell:\n"
                   f"  export FIRESTORE_EMULATOR_HOST={fs.host} GOOGLE_CLOUD_PROJECT={PROJECT} RECONCILER_PG_DSN='{dsn}'\n"

@@ -101,9 +101,12 @@ def _repair_lines(e: Any) -> list[str]:
     r = e.repair
     if r.refused:
         return [f"  repair toward {r.target}: {r.refused}"]
-    verb = "applied" if r.applied else "planned (dry run: nothing written; --apply writes)"
-    lines = [f"  repair toward {r.target}: {r.planned:,} records {verb}"
-             + (f", {r.done:,} applied, {r.skipped:,} skipped, {r.failed:,} failed" if r.applied else "")]
+    if r.applied:
+        lines = [f"  repair toward {r.target}: {r.done:,} records repaired, {r.skipped:,} skipped, {r.failed:,} failed "
+                 f"({r.duration_s:.1f} s)"]
+    else:
+        lines = [f"  repair toward {r.target}: {r.planned:,} records would be written (dry run: nothing written; "
+                 "--apply writes)"]
     for f in e.findings:
         if f.repair is None:
             continue

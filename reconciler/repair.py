@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -102,6 +103,7 @@ class Outcome:
 def repair_entity(rules: EntityRules, sides: Sides, settings: Settings, drifts: list[Drift], counts: Counts,
                   options: Options, run_id: str) -> Outcome:
     """Plan (and with options.apply, apply) the repair of `drifts`, the first drifted records in key order."""
+    started = time.monotonic()
     target = "firestore" if rules.source_of_truth == "postgres" else "postgres"
     limit = options.limit(settings)
     refused = _refusal(counts, settings.repair.max_drift_ratio, options.force)
@@ -124,7 +126,8 @@ def repair_entity(rules: EntityRules, sides: Sides, settings: Settings, drifts: 
     others = Repair(RepairAction.SKIP, RepairStatus.SKIPPED, f"not repaired: over the limit of {limit} repairs "
                                                              "per entity (--max-repairs, repair.max_repairs)")
     return Outcome(repairs, others, RepairSummary(target, options.apply, planned=sum(p.writes for p in plans),
-                                                  done=done, failed=failed, skipped=counts.drifted - done - failed))
+                                                  done=done, failed=failed, skipped=counts.drifted - done - failed,
+                                                  duration_s=time.monotonic() - started))
 
 
 def _refusal(counts: Counts, max_ratio: float, force: bool) -> str | None:
@@ -418,7 +421,7 @@ class _Applier:
         deleted = None
         try:
             pg_source.begin_serializable(self.pg)
-            reader = pg_source.PostgresReader(self.pg, self.schema, itersize=self.itersize)
+            reader = pg_source.PostgresReader(self.pg, self.schema, server_side=False)
             mapper = PostgresMapper(doc, self.rules.compare)
             current = None
             for key, raw in reader.stream(doc, Scope(ids=(p.drift.key[0],))):

@@ -80,7 +80,7 @@ def _entity_dict(e: EntityResult) -> dict[str, Any]:
 
 def _summary_dict(r: RepairSummary) -> dict[str, Any]:
     return {"target": r.target, "applied": r.applied, "planned": r.planned, "done": r.done, "skipped": r.skipped,
-            "failed": r.failed, "refused": r.refused}
+            "failed": r.failed, "refused": r.refused, "duration_s": round(r.duration_s, 3)}
 
 
 def _finding_dict(f: Finding) -> dict[str, Any]:

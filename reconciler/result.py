@@ -79,6 +79,7 @@ class RepairSummary:
     skipped: int = 0
     failed: int = 0
     refused: str | None = None  # why nothing was repaired (blast-radius guard); the run then fails
+    duration_s: float = 0.0  # planning and applying, after the audit
 
     @property
     def clean(self) -> bool:

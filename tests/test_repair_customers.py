@@ -179,7 +179,7 @@ def test_dry_run_is_the_default_lists_the_writes_and_writes_nothing(customers_lo
 
     applied = CliRunner().invoke(main, ["--entity", "customers", "--repair", "--apply"])
     assert applied.exit_code == 0, applied.output
-    assert "1 records applied, 1 applied, 0 skipped, 0 failed" in applied.stdout
+    assert "repair toward firestore: 1 records repaired, 0 skipped, 0 failed" in applied.stdout
 
 
 def test_orphans_are_only_deleted_with_delete_orphans_and_the_report_keeps_a_copy(customers_loaded, fs_client):

@@ -17,6 +17,8 @@ from typing import Any, Callable, Iterator, Literal, NamedTuple
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
+from google.protobuf.timestamp_pb2 import Timestamp
+from proto.datetime_helpers import DatetimeWithNanoseconds
 
 from reconciler.errors import RuntimeFailure
 from reconciler.keys import Key, Scope
@@ -62,7 +64,10 @@ def connect(project: str | None, *, timeout: float = 10.0) -> firestore.Client:
 
 
 def _doc(snap: Any) -> FsDoc:
-    return FsDoc(_fields(snap), snap.update_time)
+    when = snap.update_time
+    if isinstance(when, Timestamp):  # collection-group snapshots carry the raw protobuf, others a datetime
+        when = DatetimeWithNanoseconds.from_timestamp_pb(when)
+    return FsDoc(_fields(snap), when)
 
 
 def _fields(snap: Any) -> dict[str, Any]:

@@ -89,17 +89,21 @@ def order_terms(column: str, udt: str, alias: str = "t") -> list[sql.Composable]
 
 
 class PostgresReader:
-    def __init__(self, conn: psycopg.Connection, schema: Schema, *, itersize: int = 2000) -> None:
+    def __init__(self, conn: psycopg.Connection, schema: Schema, *, itersize: int = 2000,
+                 server_side: bool = True) -> None:
         self.conn = conn
         self.schema = schema
         self.itersize = itersize
+        self.server_side = server_side  # False: one round trip per query, for reads of a few records
         self._cursors = 0
 
     def _cursor_rows(self, query: sql.Composable, params: list[Any]) -> Iterator[Row]:
         self._cursors += 1
+        name = f"reconciler_{self._cursors}" if self.server_side else None
         try:
-            with self.conn.cursor(name=f"reconciler_{self._cursors}") as cur:
-                cur.itersize = self.itersize
+            with self.conn.cursor(name=name) as cur:  # type: ignore[call-overload]
+                if name:
+                    cur.itersize = self.itersize
                 cur.execute(query, params)
                 yield from cur
         except psycopg.Error as exc:
