@@ -34,7 +34,7 @@ from reconciler.config import Settings
 from reconciler.diff import node_differs
 from reconciler.errors import RuntimeFailure
 from reconciler.keys import Key, Scope
-from reconciler.mapping import (Branch, KeyedMap, KeyedSet, Leaf, Node, PostgresMapper, canon, project,
+from reconciler.mapping import (Branch, KeyedMap, KeyedSet, Node, PostgresMapper, canon, project,
                                 set_sort_key, shape_of, to_firestore, to_postgres)
 from reconciler.result import Counts, Finding, FindingKind, Repair, RepairAction, RepairStatus, RepairSummary
 from reconciler.rules.model import CompareOptions, DocumentSpec, Embed, EntityRules
@@ -242,7 +242,7 @@ def overlay(node: Node, raw: Any, truth: Any) -> Any:
 
 
 def _key_columns(doc: DocumentSpec) -> dict[str, tuple[str, ...]]:
-    """The columns that identify a row of each table of the document (None: rows cannot be matched)."""
+    """The columns that identify a row of each table of the document."""
     out = {doc.table: ((doc.parent,) if doc.parent else ()) + (doc.key,)}
     for e in doc.embeds:
         out[e.table] = (e.join,) + _embed_key(e)

@@ -6,14 +6,11 @@ import json
 from pathlib import Path
 
 import psycopg
-import pytest
 from click.testing import CliRunner
 
 from demo import customers
 from reconciler.cli import main
-from reconciler.config import load_settings
 from reconciler.engine import run_audit
-from reconciler.result import FindingKind
 
 ROOT = Path(__file__).parents[1]
 N = 30

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reconciler.diff import diff_records
-from reconciler.mapping import (Branch, canon, FirestoreMapper, KeyedMap, KeyedSet, Leaf, PostgresMapper, set_sort_key,
+from reconciler.mapping import (Branch, canon, FirestoreMapper, KeyedMap, Leaf, PostgresMapper, set_sort_key,
                                 shape_of, to_firestore, to_postgres)
 from reconciler.rules import load_entity
 from reconciler.values import Geo
@@ -70,7 +70,6 @@ FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthChe
 @given(st.data())
 def test_canonical_to_postgres_rows_and_back_is_identity(data):
     for doc in RULES.documents:
-        shape = shape_of(doc)
         record = draw_record(data, doc)
         rows = to_postgres(doc, "k", record)
         assert PostgresMapper(doc, RULES.compare).record(*_rows_to_raw(doc, "k", rows)) == record

@@ -8,10 +8,10 @@ import uuid
 from pathlib import Path
 
 import psycopg
-import pytest
 from click.testing import CliRunner
 from google.cloud import firestore
 from google.cloud.firestore_v1.field_path import FieldPath
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from reconciler import repair as repair_module
 from reconciler.cli import main
@@ -255,8 +255,6 @@ def test_repair_flags_without_repair_are_a_usage_error(customers_loaded, pg_dsn,
 
 
 # ------------------------------------------------------------------------------------------ the property
-
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st  # noqa: E402
 
 FS_FIELDS = ["status", "metrics.totalOrders", "engagement.email.totalOpened", "demographics.ageRange", "firstName",
              "risk.overallScore", "tags"]
