@@ -5,6 +5,7 @@ Exit codes: 0 no drift, 1 drift found, 2 usage/config/rules error, 3 runtime fai
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from reconciler import engine
 from reconciler.config import Settings, load_settings
 from reconciler.errors import ReconcilerError, UsageError
 from reconciler.repair import Options as RepairOptions
-from reconciler.result import RepairStatus, RunResult
+from reconciler.result import EntityResult, RepairStatus, RunResult
 
 EXIT_OK, EXIT_DRIFT, EXIT_USAGE, EXIT_FAILURE = 0, 1, 2, 3
 
@@ -97,8 +98,9 @@ def _summary(result: RunResult) -> str:
     return "\n".join(lines)
 
 
-def _repair_lines(e: Any) -> list[str]:
+def _repair_lines(e: EntityResult) -> list[str]:
     r = e.repair
+    assert r is not None
     if r.refused:
         return [f"  repair toward {r.target}: {r.refused}"]
     if r.applied:
@@ -120,7 +122,6 @@ def _repair_lines(e: Any) -> list[str]:
 
 def _write_line(w: dict[str, Any]) -> str:
     """One planned write, as a person reads it."""
-    import json
 
     def js(v: Any) -> str:
         text = json.dumps(v, ensure_ascii=False, sort_keys=True)
