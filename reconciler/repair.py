@@ -21,6 +21,7 @@ What keeps it safe, in the order it happens:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -90,6 +91,11 @@ class _Plan:
     def writes(self) -> bool:
         return self.fs is not None or bool(self.pg)
 
+    @functools.cached_property
+    def shown(self) -> tuple[dict[str, Any], ...]:
+        """The writes as JSON-ready dicts (report, dry-run listing, audit trail): built once per record."""
+        return _shown(self)
+
 
 # ------------------------------------------------------------------------------------------ entry point
 
@@ -104,7 +110,7 @@ def repair_entity(rules: EntityRules, sides: Sides, settings: Settings, drifts: 
                   options: Options, run_id: str) -> Outcome:
     """Plan (and with options.apply, apply) the repair of `drifts`, the first drifted records in key order."""
     started = time.monotonic()
-    target = "firestore" if rules.source_of_truth == "postgres" else "postgres"
+    target = rules.written_side
     limit = options.limit(settings)
     refused = _refusal(counts, settings.repair.max_drift_ratio, options.force)
     if refused:
@@ -120,7 +126,7 @@ def repair_entity(rules: EntityRules, sides: Sides, settings: Settings, drifts: 
         if p.drift.finding.key not in repairs:
             status = RepairStatus.SKIPPED
             reason = p.reason or ("dry run: not applied (use --apply)" if p.writes else "nothing to write")
-            repairs[p.drift.finding.key] = Repair(p.action, status, reason, _shown(p))
+            repairs[p.drift.finding.key] = Repair(p.action, status, reason, p.shown)
     statuses = [r.status for r in repairs.values()]
     done, failed = statuses.count(RepairStatus.APPLIED), statuses.count(RepairStatus.FAILED)
     others = Repair(RepairAction.SKIP, RepairStatus.SKIPPED, f"not repaired: over the limit of {limit} repairs "
@@ -350,7 +356,7 @@ class _Applier:
     def __init__(self, rules: EntityRules, sides: Sides, settings: Settings, run_id: str) -> None:
         self.rules, self.pg, self.schema, self.run_id = rules, sides.pg, sides.schema, run_id
         self.fs = FirestoreWriter(sides.fs)
-        self.target = "firestore" if rules.source_of_truth == "postgres" else "postgres"
+        self.target = rules.written_side
         self.itersize = settings.postgres.itersize
         _ensure_log(self.pg)
 
@@ -458,12 +464,11 @@ class _Applier:
         now = dt.datetime.now(dt.timezone.utc)
         rows = []
         for p, status, message in entries:
-            truth = "postgres" if self.target == "firestore" else "firestore"
-            statuses = {truth: "source", self.target: status}
+            statuses = {self.rules.source_of_truth: "source", self.target: status}
             before = p.drift.firestore_canonical if self.target == "firestore" else p.drift.postgres
             after = None if p.action == RepairAction.DELETE else (
                 p.drift.postgres if self.target == "firestore" else p.drift.firestore_canonical)
-            snapshot = _jsonb_safe({"before": to_json(before), "after": to_json(after), "writes": list(_shown(p))})
+            snapshot = _jsonb_safe({"before": to_json(before), "after": to_json(after), "writes": list(p.shown)})
             rows.append((self.run_id, self.rules.entity, p.drift.finding.key, p.action.value,
                          statuses["postgres"], statuses["firestore"], json.dumps(snapshot, default=str),
                          message or None, now if status == "applied" else None))
@@ -501,8 +506,8 @@ def _ensure_log(conn: psycopg.Connection) -> None:
 
 
 def _changed(p: _Plan, why: str) -> Repair:
-    return Repair(p.action, RepairStatus.SKIPPED, f"{CHANGED_DURING_RUN}: {why}", _shown(p))
+    return Repair(p.action, RepairStatus.SKIPPED, f"{CHANGED_DURING_RUN}: {why}", p.shown)
 
 
 def _done(p: _Plan, status: str, message: str, deleted: Any) -> Repair:
-    return Repair(p.action, RepairStatus(status), message, _shown(p), deleted)
+    return Repair(p.action, RepairStatus(status), message, p.shown, deleted)

@@ -109,6 +109,11 @@ class EntityRules:
         """Every stream of records of this entity: the root collection first, then the subcollections."""
         return (self.root, *self.subcollections)
 
+    @property
+    def written_side(self) -> Literal["postgres", "firestore"]:
+        """The side repair writes: the one that is not the source of truth."""
+        return "firestore" if self.source_of_truth == "postgres" else "postgres"
+
     def tables(self) -> tuple[str, ...]:
         return _unique(tuple(t for d in self.documents for t in (d.table, *(e.table for e in d.embeds))))
 

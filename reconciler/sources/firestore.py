@@ -125,7 +125,7 @@ class FirestoreReader:
 
     def _root_by_ids(self, collection: str, scope: Scope) -> Iterator[tuple[Key, FsDoc]]:
         refs = [self.client.collection(collection).document(i) for i in scope.sorted_ids()]
-        snaps = {s.id: s for s in self._call(lambda: list(self.client.get_all(refs)))}
+        snaps = {s.id: s for s in self.call(lambda: list(self.client.get_all(refs)))}
         for i in scope.sorted_ids():
             snap = snaps.get(i)
             if snap is not None and snap.exists:
@@ -134,7 +134,7 @@ class FirestoreReader:
     def _children_by_ids(self, root: str, name: str, scope: Scope) -> Iterator[tuple[Key, FsDoc]]:
         for parent in scope.sorted_ids():
             query = self.client.collection(root).document(parent).collection(name).order_by("__name__")
-            for snap in self._call(lambda: list(query.stream(timeout=self.timeout))):
+            for snap in self.call(lambda: list(query.stream(timeout=self.timeout))):
                 yield (parent, snap.id), _doc(snap)
 
     def _paged(self, make_query: Callable[[], Any]) -> Iterator[Any]:
@@ -163,7 +163,7 @@ class FirestoreReader:
             if got < self.page_size:
                 return
 
-    def _call(self, fn: Callable[[], Any], passthrough: tuple[type[Exception], ...] = ()) -> Any:
+    def call(self, fn: Callable[[], Any], passthrough: tuple[type[Exception], ...] = ()) -> Any:
         """fn(), retried on transient errors; other API errors become a RuntimeFailure, except `passthrough`."""
         for attempt in range(self.retries + 1):
             try:
@@ -189,7 +189,7 @@ class FirestoreWriter:
     def read(self, paths: list[str]) -> dict[str, FsDoc | None]:
         """The current version of each document (None: it does not exist)."""
         refs = [self.client.document(p) for p in paths]
-        snaps = self.reader._call(lambda: list(self.client.get_all(refs))) if refs else []
+        snaps = self.reader.call(lambda: list(self.client.get_all(refs))) if refs else []
         found = {s.reference.path: s for s in snaps}
         return {p: (_doc(found[p]) if p in found and found[p].exists else None) for p in paths}
 
@@ -226,4 +226,4 @@ class FirestoreWriter:
                 batch.update(ref, w.fields, option=option)
             else:
                 batch.delete(ref, option=option)
-        self.reader._call(batch.commit, passthrough=(*CHANGED, gexc.InvalidArgument))
+        self.reader.call(batch.commit, passthrough=(*CHANGED, gexc.InvalidArgument))
