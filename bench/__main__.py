@@ -1,5 +1,7 @@
 """./run bench NAME [args]: the benchmarks. Each prints its numbers; none of them is a test.
 
+    audit     audit vs. reading each side alone vs. load + DeepDiff, at N customers (bench/audit.py)
+    core      the in-memory diff core alone, records/s on one core (bench/core.py)
     repair    records repaired per second toward Firestore (bench/repair.py)
 """
 
@@ -7,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-BENCHES = {"repair": "bench.repair"}
+BENCHES = {"audit": "bench.audit", "core": "bench.core", "repair": "bench.repair"}
 
 
 def main() -> int:

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import psycopg
 from google.cloud import firestore
@@ -474,8 +474,12 @@ def _activity(g: _Gen) -> tuple[dict[str, Any], dict[str, Any], Spec]:
 
 def generate(n: int, seed: int = 0, ids: list[str] | None = None) -> list[Customer]:
     """n customers, deterministic for a seed, with every table of seed 000 filled."""
+    return list(iter_customers(n, seed, ids))
+
+
+def iter_customers(n: int, seed: int = 0, ids: list[str] | None = None) -> Iterator[Customer]:
+    """generate(), one customer at a time: large datasets load in chunks without holding them all."""
     g = _Gen(random.Random(seed))
-    out = []
     for i in range(n):
         c = Customer(id=ids[i] if ids else str(g.uuid()))
         _root(g, c)
@@ -493,8 +497,7 @@ def generate(n: int, seed: int = 0, ids: list[str] | None = None) -> list[Custom
         _subcollection(g, c, "customer_addresses", "addresses", 3, lambda: _address(g, c), "geoPoint")
         _subcollection(g, c, "customer_ip_addresses", "ipAddresses", 3, lambda: _ip_address(g), "location.geoPoint")
         _subcollection(g, c, "customer_activities", "activities", 5, lambda: _activity(g))
-        out.append(c)
-    return out
+        yield c
 
 
 # ---------------------------------------------------------------- loading

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import click
 
-from reconciler import engine
+from reconciler import engine, parallel
 from reconciler.config import Settings, load_settings
 from reconciler.errors import ReconcilerError, UsageError
 from reconciler.repair import Options as RepairOptions
@@ -170,12 +170,22 @@ def _split_ids(values: tuple[str, ...]) -> tuple[str, ...] | None:
               help="With --repair: repair at most N records per entity [config repair.max_repairs, 1000].")
 @click.option("--force", is_flag=True,
               help="With --repair: repair even when more records differ than repair.max_drift_ratio allows.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, metavar="W",
+              help="Split the key space into W ranges and audit them in W processes at once (audit only).")
+@click.option("--shard", metavar="K/N|auto",
+              help="Audit only range K of N (K from 0 to N-1), e.g. one task of a Kubernetes Indexed Job or Cloud "
+                   "Run Job; auto reads CLOUD_RUN_TASK_INDEX/CLOUD_RUN_TASK_COUNT or JOB_COMPLETION_INDEX/"
+                   "RECONCILER_SHARD_COUNT. Combine the shards' reports with `reconcile merge-reports`.")
+@click.option("--changed-since", metavar="DURATION|TIMESTAMP",
+              help="Only root records updated (on either side) after this: 2h, 30m, 7d or 2026-11-23T00:00:00Z. "
+                   "Needs `changed:` in the entity's rules.")
 @click.option("--progress/--no-progress", default=None, help="Progress line on stderr [default: when it is a terminal].")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.pass_context
 def main(ctx: click.Context, config: Path | None, entities: tuple[str, ...], all_entities: bool,
          report_dir: Path | None, limit: int | None, ids: tuple[str, ...], pg_dsn: str | None,
-         firestore_project: str | None, progress: bool | None, debug: bool, **repair_flags: Any) -> None:
+         firestore_project: str | None, progress: bool | None, debug: bool, workers: int, shard: str | None,
+         changed_since: str | None, **repair_flags: Any) -> None:
     """Audit (and repair) drift between PostgreSQL and Firestore.
 
     \b
@@ -186,6 +196,12 @@ def main(ctx: click.Context, config: Path | None, entities: tuple[str, ...], all
       reconcile --entity customers --ids ID1,ID2      just these records (incident triage)
       reconcile --entity customers --repair           list the writes a repair would make
       reconcile --entity customers --repair --apply   make them (toward the side that is not the truth)
+      reconcile --entity customers --workers 4        four key ranges in four processes
+      reconcile --entity customers --shard 0/3 --report-dir out/0
+                                                      one third of the keys (a job task each)
+      reconcile merge-reports out/all out/0 out/1 out/2
+                                                      one report from the three shards
+      reconcile --entity customers --changed-since 2h only records updated in the last two hours
       reconcile rules check --entity customers        validate rules against the live schema
 
     \b
@@ -205,7 +221,8 @@ def main(ctx: click.Context, config: Path | None, entities: tuple[str, ...], all
     if ctx.params["repair"]:
         repair = RepairOptions(apply=not ctx.params["dry_run"], delete_orphans=ctx.params["delete_orphans"],
                                max_repairs=ctx.params["max_repairs"], force=ctx.params["force"])
-    _guard(_audit)(ctx, entities, all_entities, report_dir, limit, ids, progress, repair)
+    _guard(_audit)(ctx, entities, all_entities, report_dir, limit, ids, progress, repair,
+                   (workers, shard, changed_since))
 
 
 def _repair_flags_alone(ctx: click.Context) -> list[str]:
@@ -216,8 +233,24 @@ def _repair_flags_alone(ctx: click.Context) -> list[str]:
     return [name for name, given in flags.items() if given] if not p["repair"] else []
 
 
+def _planner(settings: Settings, sweep: tuple[int, str | None, str | None], limit: int | None,
+             ids: tuple[str, ...], repair: RepairOptions | None) -> parallel.Planner | None:
+    workers, shard, changed_since = sweep
+    if workers == 1 and shard is None and changed_since is None:
+        return None
+    if changed_since is not None and (limit or ids):
+        raise UsageError("--changed-since does not combine with --limit or --ids: it chooses the records itself")
+    if shard is not None and (limit or ids):
+        raise UsageError("--shard does not combine with --limit or --ids")
+    if workers > 1 and repair is not None:
+        raise UsageError("--repair runs with one worker: drop --workers (or audit with --workers, then repair)")
+    return parallel.Planner(settings, workers=workers, shard=parallel.Shard.parse(shard) if shard else None,
+                            since=parallel.parse_since(changed_since) if changed_since else None)
+
+
 def _audit(ctx: click.Context, entities: tuple[str, ...], all_entities: bool, report_dir: Path | None,
-           limit: int | None, ids: tuple[str, ...], progress: bool | None, repair: RepairOptions | None) -> int:
+           limit: int | None, ids: tuple[str, ...], progress: bool | None, repair: RepairOptions | None,
+           sweep: tuple[int, str | None, str | None] = (1, None, None)) -> int:
     if not entities and not all_entities:
         raise UsageError("say which entities to audit: --entity NAME (repeatable) or --all (see --help)")
     if limit and ids:
@@ -231,8 +264,10 @@ def _audit(ctx: click.Context, entities: tuple[str, ...], all_entities: bool, re
     names = list(entities)
     if all_entities:
         names += settings.entities or sorted(p.stem for p in settings.rules_dir.glob("*.yaml"))
+    planner = _planner(settings, sweep, limit, ids, repair)
     show = _Progress(sys.stderr.isatty() if progress is None else progress)
-    result = engine.run_audit(settings, names, ids=_split_ids(ids), limit=limit, progress=show, repair=repair)
+    result = engine.run_audit(settings, names, ids=_split_ids(ids), limit=limit, progress=show, repair=repair,
+                              planner=planner)
     show.done()
     click.echo(_summary(result))
     if settings.report_dir is not None:
@@ -243,6 +278,47 @@ def _audit(ctx: click.Context, entities: tuple[str, ...], all_entities: bool, re
     if result.failed:
         return EXIT_FAILURE
     return EXIT_DRIFT if result.drift_left else EXIT_OK
+
+
+@main.command("merge-reports")
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.argument("shard_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+def merge_reports(out_dir: Path, shard_dirs: tuple[Path, ...]) -> None:
+    """Combine the report.json of every shard of one sweep (--shard K/N) into OUT_DIR/report.json and
+    report.html, as one run over all of them would have written it.
+
+    \b
+    Refuses (exit 2) reports of different entities, rules or shard counts, and missing, repeated or
+    overlapping shards. Exit code as an audit: 0 no drift, 1 drift found, 3 a shard failed.
+
+    \b
+    Example:
+      reconcile merge-reports out/all out/shard-0 out/shard-1 out/shard-2
+    """
+    _guard(_merge_reports)(out_dir, shard_dirs)
+
+
+def _merge_reports(out_dir: Path, shard_dirs: tuple[Path, ...]) -> int:
+    from reconciler.report import write_report_dict
+
+    reports = []
+    for d in shard_dirs:
+        path = d / "report.json" if d.is_dir() else d
+        try:
+            reports.append((str(path), json.loads(path.read_text(encoding="utf-8"))))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"merge-reports: cannot read {path}: {exc}") from None
+    merged = parallel.merge_reports(reports)
+    paths = write_report_dict(merged, out_dir)
+    for e in merged["entities"]:
+        c = e["counts"]
+        click.echo(f"{e['entity']}: {c['postgres']:,} in Postgres, {c['firestore']:,} in Firestore, "
+                   f"{c['matched']:,} matched, {c['mismatched']:,} mismatched, {c['missing_in_firestore']:,} missing "
+                   f"in Firestore, {c['missing_in_postgres']:,} missing in Postgres ({len(reports)} shards)")
+    click.echo(f"report: {paths.html}\n        {paths.json}")
+    if any(e["error"] for e in merged["entities"]):
+        return EXIT_FAILURE
+    return EXIT_DRIFT if merged["has_drift"] else EXIT_OK
 
 
 @main.group()

@@ -15,7 +15,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from itertools import islice
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
 from reconciler.config import Settings
 from reconciler.diff import diff_records
@@ -86,7 +86,7 @@ def prefetch(items: Iterable[T], size: int = 2000, name: str = "prefetch") -> It
 # ---------------------------------------------------------------- one entity
 
 @dataclass
-class _Tally:
+class Tally:
     max_findings: int
     max_drifts: int = 0  # drifted records kept whole for repair (0: an audit keeps none)
     counts: Counter[str] = field(default_factory=Counter)
@@ -104,6 +104,10 @@ class _Tally:
         if len(self.findings) < self.max_findings:
             self.findings.append(finding)
 
+    def field_counts(self) -> dict[str, int]:
+        """Most drifted first, ties by name: the same order however the records were split into ranges."""
+        return dict(sorted(self.fields.items(), key=lambda kv: (-kv[1], kv[0])))
+
     @property
     def drifted(self) -> int:
         return self.counts["mismatched"] + self.counts["missing_in_firestore"] + self.counts["missing_in_postgres"]
@@ -120,7 +124,7 @@ def audit_entity(rules: EntityRules, sides: Sides, settings: Settings, scope: Sc
                  run_id: str = "") -> EntityResult:
     """Audit one entity; with `repair`, then plan (and apply) the repair of what differs."""
     started = time.monotonic()
-    tally = _Tally(settings.max_findings, repair.limit(settings) if repair else 0)
+    tally = Tally(settings.max_findings, repair.limit(settings) if repair else 0)
     pg_source.begin_snapshot(sides.pg)
     try:
         pg_reader = pg_source.PostgresReader(sides.pg, sides.schema, itersize=settings.postgres.itersize)
@@ -141,22 +145,30 @@ def audit_entity(rules: EntityRules, sides: Sides, settings: Settings, scope: Sc
         summary = outcome.summary
     return EntityResult(entity=rules.entity, source_of_truth=rules.source_of_truth, counts=counts,
                         findings=findings, findings_truncated=tally.drifted > len(tally.findings),
-                        field_counts=dict(tally.fields.most_common()), duration_s=time.monotonic() - started,
+                        field_counts=tally.field_counts(), duration_s=time.monotonic() - started,
                         repair=summary)
 
 
 def _audit_documents(rules: EntityRules, doc: DocumentSpec, pg_reader: pg_source.PostgresReader,
-                     fs_reader: fs_source.FirestoreReader, scope: Scope, tally: _Tally, progress: Progress) -> None:
+                     fs_reader: fs_source.FirestoreReader, scope: Scope, tally: Tally, progress: Progress) -> None:
     pg_map = PostgresMapper(doc, rules.compare)
     fs_map = FirestoreMapper(doc, rules.compare)
-    shape = shape_of(doc)
     pg_records = ((k, pg_map.record(*raw)) for k, raw in pg_reader.stream(doc, scope))
     # the raw document rides along: repair keeps it (and its update time) for drifted records only
     fs_records = ((k, (fs_map.record(d.fields), d)) for k, d in fs_reader.stream(doc, scope, rules.root.collection))
+    diff_streams(rules, doc, prefetch(pg_records, name="postgres"), prefetch(fs_records, name="firestore"), tally,
+                 progress)
+
+
+def diff_streams(rules: EntityRules, doc: DocumentSpec, pg_records: Iterable[tuple[Key, Any]],
+                 fs_records: Iterable[tuple[Key, tuple[Any, Any]]], tally: Tally,
+                 progress: Progress = _no_progress) -> None:
+    """The diff core: merge-join two key-ordered streams of canonical records (Firestore's paired with its raw
+    document) and count, diff and keep what differs. `./run bench core` times exactly this."""
+    shape = shape_of(doc)
     n = 0
     field_prefix = "" if doc.parent is None else f"{doc.collection}/"  # "ipAddresses/isp.name" in per-field counts
-    for key, pg, fs_pair in merge_join(prefetch(pg_records, name="postgres"), prefetch(fs_records, name="firestore"),
-                                       entity=rules.entity):
+    for key, pg, fs_pair in merge_join(pg_records, fs_records, entity=rules.entity):
         n += 1
         fs, fs_doc = fs_pair if fs_pair is not None else (None, None)
         tally.counts["postgres"] += pg is not None
@@ -216,8 +228,18 @@ def limit_scope(rules: EntityRules, sides: Sides, limit: int) -> Scope:
     return Scope(upper=min(lasts, key=id_sort_key)) if lasts else Scope()
 
 
+class Planner(Protocol):
+    """How a run narrows and splits its sweep (reconciler.parallel: --workers, --shard, --changed-since)."""
+
+    def scope(self, rules: EntityRules, sides: Sides, scope: Scope) -> Scope: ...
+
+    def audit(self, rules: EntityRules, sides: Sides, settings: Settings, scope: Scope, progress: Progress,
+              repair: Options | None, run_id: str) -> EntityResult: ...
+
+
 def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ...] | None = None,
-              limit: int | None = None, progress: Progress = _no_progress, repair: Options | None = None) -> RunResult:
+              limit: int | None = None, progress: Progress = _no_progress, repair: Options | None = None,
+              planner: Planner | None = None) -> RunResult:
     """Audit (and with `repair`, repair) each entity; a runtime failure of one entity is recorded in its
     result and the others go on."""
     started = dt.datetime.now(dt.timezone.utc)
@@ -230,7 +252,11 @@ def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ..
         for rules in rules_list:
             try:
                 scope = Scope(ids=ids) if ids else (limit_scope(rules, sides, limit) if limit else Scope())
-                results.append(audit_entity(rules, sides, settings, scope, progress, repair, run_id))
+                if planner is None:
+                    results.append(audit_entity(rules, sides, settings, scope, progress, repair, run_id))
+                else:
+                    scope = planner.scope(rules, sides, scope)
+                    results.append(planner.audit(rules, sides, settings, scope, progress, repair, run_id))
             except RuntimeFailure as exc:
                 results.append(EntityResult(entity=rules.entity, source_of_truth=rules.source_of_truth,
                                             counts=Counts(), findings=(), findings_truncated=False, error=str(exc)))

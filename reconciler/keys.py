@@ -15,7 +15,7 @@ from typing import Iterable, Iterator, TypeVar
 from reconciler.errors import KeyOrderError
 
 Key = tuple[str, ...]
-SortKey = tuple[tuple[int, int | str], ...]
+SortKey = tuple[str, ...]
 A = TypeVar("A")
 B = TypeVar("B")
 
@@ -30,8 +30,20 @@ def id_sort_key(doc_id: str) -> tuple[int, int | str]:
     return (1, doc_id)
 
 
+def order_text(doc_id: str) -> str:
+    """id_sort_key as one string, which is cheaper to build and to compare (the merge-join does it per
+    record): numeric IDs as "\0" + a fixed-width, order-preserving form of the integer, others "\1" + ID."""
+    if doc_id.startswith("__id"):
+        m = _NUMERIC_ID.fullmatch(doc_id)
+        if m:
+            n = int(m.group(1))  # Firestore's numeric IDs are int64; the width leaves room for any of them
+            return "\0" + ("1" + str(n).zfill(40) if n >= 0 else "0" + str(10**40 + n).zfill(40))
+    return "\1" + doc_id
+
+
 def sort_key(key: Key) -> SortKey:
-    return tuple(id_sort_key(s) for s in key)
+    """A record key's place in Firestore's order, as a tuple of order_text()s (compared in C)."""
+    return tuple(map(order_text, key))
 
 
 def ordered(pairs: Iterable[tuple[Key, A]], *, entity: str, side: str) -> Iterator[tuple[SortKey, Key, A]]:
@@ -39,7 +51,7 @@ def ordered(pairs: Iterable[tuple[Key, A]], *, entity: str, side: str) -> Iterat
     prev: SortKey | None = None
     prev_key: Key = ()
     for key, value in pairs:
-        sk = sort_key(key)
+        sk = tuple(map(order_text, key))
         if prev is not None and sk <= prev:
             raise KeyOrderError(entity=entity, side=side, previous=prev_key, current=key)
         prev, prev_key = sk, key
@@ -67,20 +79,66 @@ def merge_join(left: Iterable[tuple[Key, A]], right: Iterable[tuple[Key, B]], *,
             rcur = next(rit, end)
 
 
-
 @dataclass(frozen=True)
 class Scope:
-    """Which root documents a run covers. Subcollection documents follow their parent's ID."""
+    """Which root documents a run covers. Subcollection documents follow their parent's ID.
 
-    ids: tuple[str, ...] | None = None  # exactly these root IDs (--ids)
+    `start`/`end` make a key range [start, end) in key order: the unit of --workers and --shard. Ranges
+    made by `ranges()` cover the whole key space exactly once, whatever IDs exist on either side.
+    """
+
+    ids: tuple[str, ...] | None = None  # exactly these root IDs (--ids, --changed-since); () is none at all
     upper: str | None = None  # every root ID up to and including this one, in key order (--limit)
+    start: str | None = None  # root IDs from this one on (inclusive); None: from the first
+    end: str | None = None  # root IDs before this one (exclusive); None: to the last
 
     def __post_init__(self) -> None:
-        if self.ids is not None and not self.ids:
-            raise ValueError("Scope.ids must not be empty; use None for every record")
+        if self.start is not None and self.end is not None and id_sort_key(self.start) >= id_sort_key(self.end):
+            raise ValueError(f"empty key range [{self.start!r}, {self.end!r})")
 
     def past_upper(self, root_id: str) -> bool:
-        return self.upper is not None and id_sort_key(root_id) > id_sort_key(self.upper)
+        """True once a stream in key order has passed the scope: nothing after this ID is in it."""
+        sk = id_sort_key(root_id)
+        return ((self.upper is not None and sk > id_sort_key(self.upper))
+                or (self.end is not None and sk >= id_sort_key(self.end)))
+
+    def contains(self, root_id: str) -> bool:
+        sk = id_sort_key(root_id)
+        if self.ids is not None and root_id not in self.ids:
+            return False
+        return not self.past_upper(root_id) and (self.start is None or sk >= id_sort_key(self.start))
 
     def sorted_ids(self) -> list[str]:
-        return sorted(set(self.ids or ()), key=id_sort_key)
+        return sorted({i for i in self.ids or () if self.contains(i)}, key=id_sort_key)
+
+    @property
+    def is_range(self) -> bool:
+        return self.start is not None or self.end is not None
+
+
+def ranges(points: Iterable[str], within: Scope = Scope()) -> list[Scope]:
+    """The ranges between split points, inside `within` (its start/end kept): together they cover
+    `within` exactly once. Points outside it or repeated are dropped."""
+    inner = sorted({p for p in points if within.contains(p) and p != within.start}, key=id_sort_key)
+    bounds: list[str | None] = [within.start, *inner, within.end]
+    return [Scope(ids=within.ids, upper=within.upper, start=a, end=b) for a, b in zip(bounds, bounds[1:])]
+
+
+def uuid_split_points(n: int, within: Scope = Scope()) -> list[str]:
+    """n-1 points that split the UUID range of `within` (lowercase hex text, which sorts like the UUIDs)
+    into n equal parts. Bounds that are not UUIDs count as the ends of the UUID space."""
+    lo = _uuid_int(within.start, 0)
+    hi = _uuid_int(within.end, 1 << 128)
+    return [_uuid_text(lo + (hi - lo) * i // n) for i in range(1, n)] if hi > lo else []
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _uuid_int(text: str | None, default: int) -> int:
+    return int(text.replace("-", ""), 16) if text is not None and _UUID.fullmatch(text) else default
+
+
+def _uuid_text(value: int) -> str:
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

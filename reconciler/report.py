@@ -25,7 +25,7 @@ from typing import Any
 import jinja2
 
 from reconciler.errors import RuntimeFailure
-from reconciler.result import EntityResult, Finding, FindingKind, Repair, RepairSummary, RunResult
+from reconciler.result import EntityResult, Finding, FindingKind, Repair, RepairSummary, RunResult, Sweep
 from reconciler.values import to_json
 
 TEMPLATE = "report.html.j2"
@@ -75,7 +75,14 @@ def _entity_dict(e: EntityResult) -> dict[str, Any]:
         "findings": [_finding_dict(f) for f in e.findings],
         "findings_truncated": e.findings_truncated,
         **({"repair": _summary_dict(e.repair)} if e.repair is not None else {}),
+        **({"sweep": _sweep_dict(e.sweep)} if e.sweep is not None else {}),
     }
+
+
+def _sweep_dict(s: Sweep) -> dict[str, Any]:
+    return {"rules_sha256": s.rules_sha256, "documents": list(s.documents), "max_findings": s.max_findings,
+            "start": s.start, "end": s.end, "shard": list(s.shard) if s.shard else None,
+            "changed_since": s.changed_since, "workers": s.workers}
 
 
 def _summary_dict(r: RepairSummary) -> dict[str, Any]:
@@ -437,8 +444,12 @@ def _duration(seconds: Any) -> str:
 
 def write_reports(result: RunResult, directory: Path) -> ReportPaths:
     """Write DIR/report.json and DIR/report.html (creating DIR); each file is replaced atomically."""
+    return write_report_dict(to_dict(result), directory)
+
+
+def write_report_dict(report: dict[str, Any], directory: Path) -> ReportPaths:
+    """write_reports for a report that is already JSON-ready data (e.g. merged from shard reports)."""
     directory = Path(directory)
-    report = to_dict(result)
     html = render_html(report).encode("utf-8", errors="replace")  # rendered before anything is written
     try:
         data = json.dumps(report, indent=2, ensure_ascii=False).encode("utf-8")

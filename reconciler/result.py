@@ -88,6 +88,20 @@ class RepairSummary:
 
 
 @dataclass(frozen=True)
+class Sweep:
+    """What part of an entity a run covered, so that shard reports can be checked and merged."""
+
+    rules_sha256: str  # of the rules file: shards audited under other rules do not merge
+    documents: tuple[str, ...]  # the entity's collections, root first: the order findings are listed in
+    max_findings: int
+    start: str | None = None  # the key range [start, end); None: open on that side
+    end: str | None = None
+    shard: tuple[int, int] | None = None  # (index, count), index 0-based
+    changed_since: str | None = None  # only root records changed since this instant (ISO 8601)
+    workers: int = 1
+
+
+@dataclass(frozen=True)
 class EntityResult:
     entity: str
     source_of_truth: str  # "postgres" | "firestore"
@@ -98,6 +112,7 @@ class EntityResult:
     duration_s: float = 0.0
     error: str | None = None  # set when this entity failed; counts are then partial
     repair: RepairSummary | None = None  # set in repair mode
+    sweep: Sweep | None = None  # set when the run covered a key range, a shard or changed records only
 
     @property
     def has_drift(self) -> bool:

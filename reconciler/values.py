@@ -23,6 +23,12 @@ class Bool:
     def __hash__(self) -> int:
         return hash((Bool, self.value))
 
+    def __copy__(self) -> Bool:  # immutable: copies stay the TRUE/FALSE singletons, so == stays an identity check
+        return TRUE if self.value else FALSE
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Bool:
+        return self.__copy__()
+
     def __repr__(self) -> str:
         return "true" if self.value else "false"
 

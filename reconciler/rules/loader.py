@@ -11,6 +11,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from reconciler.errors import RulesError
 from reconciler.rules.model import (
+    Changed,
     Column,
     CompareOptions,
     DocumentSpec,
@@ -22,7 +23,8 @@ from reconciler.rules.model import (
 from reconciler.rules.naming import CONVENTIONS
 
 TOP_KEYS = {"entity", "description", "source_of_truth", "naming", "compare", "collection", "table", "key",
-            "columns", "geopoints", "embed", "subcollections"}
+            "columns", "geopoints", "embed", "subcollections", "changed"}
+CHANGED_KEYS = {"column", "field"}
 COMPARE_KEYS = {"null_equals_absent", "number_tolerance"}
 EMBED_KEYS = {"table", "join", "as", "into", "columns", "geopoints", "order_by", "map_key", "set_key", "description"}
 SUB_KEYS = {"collection", "table", "key", "parent", "columns", "geopoints", "description"}
@@ -256,8 +258,14 @@ def parse_entity(text: str, file: str, expected_entity: str | None = None) -> En
                         key=ctx.string(data, "key", "rules") or "", columns=_columns(data, "rules", ctx),
                         geopoints=_geopoints(data, "rules", ctx), line=1,
                         embeds=tuple(_embed(e, i, embeds, ctx) for i, e in enumerate(embeds)))
+    changed = None
+    if data.get("changed") is not None:
+        node = ctx.mapping(data["changed"], "changed", CHANGED_KEYS, ctx.line_of(data, "changed"),
+                           required=("column", "field"))
+        changed = Changed(column=ctx.string(node, "column", "changed") or "", field=ctx.string(node, "field", "changed") or "")
     rules = EntityRules(entity=entity, file=file, source_of_truth=truth, naming=naming, compare=compare, root=root,
-                        subcollections=tuple(_subcollection(s, i, subs, ctx) for i, s in enumerate(subs)))
+                        subcollections=tuple(_subcollection(s, i, subs, ctx) for i, s in enumerate(subs)),
+                        changed=changed)
     seen_collections: dict[str, int] = {}
     for doc in rules.documents:
         if not doc.columns and not doc.geopoints:

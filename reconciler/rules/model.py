@@ -95,6 +95,14 @@ class DocumentSpec:
 
 
 @dataclass(frozen=True)
+class Changed:
+    """Where each side keeps a root record's last update time (for --changed-since)."""
+
+    column: str  # a timestamp column of the root table
+    field: str  # a Timestamp field of the root document
+
+
+@dataclass(frozen=True)
 class EntityRules:
     entity: str
     file: str
@@ -103,6 +111,7 @@ class EntityRules:
     compare: CompareOptions
     root: DocumentSpec
     subcollections: tuple[DocumentSpec, ...] = field(default=())
+    changed: Changed | None = None  # `changed: {column: ..., field: ...}`: what --changed-since compares
 
     @property
     def documents(self) -> tuple[DocumentSpec, ...]:

@@ -20,6 +20,8 @@ def check_against_schema(rules: EntityRules, schema: dict[str, dict[str, str]]) 
             known = ", ".join(sorted(schema.get(table, {})))
             err(f"{what}: column {table}.{column} does not exist (columns: {known})", line)
 
+    if rules.changed is not None and rules.root.table in schema:
+        need(rules.root.table, rules.changed.column, 1, "changed.column")
     for doc in rules.documents:
         sections = [(doc.table, doc.line, doc.columns, doc.geopoints)] + [
             (e.table, e.line, e.columns, e.geopoints) for e in doc.embeds]

@@ -102,8 +102,23 @@ class FirestoreReader:
         else:
             yield from self._children(root_collection, doc.collection, scope)
 
+    def changed_ids(self, collection: str, field: str, since: Any) -> list[str]:
+        """The IDs of the documents whose `field` (an update timestamp) is after `since` (names only)."""
+        query = self.client.collection(collection).where(filter=FieldFilter(field, ">", since)).select([])
+        return [snap.id for snap in self.call(lambda: list(query.stream(timeout=self.timeout)))]
+
     def _root(self, collection: str, scope: Scope) -> Iterator[tuple[Key, FsDoc]]:
-        for snap in self._paged(lambda: self.client.collection(collection).order_by("__name__")):
+        coll = self.client.collection(collection)
+
+        def query() -> Any:  # a key range (--workers, --shard) is a range of __name__ on the server
+            q = coll.order_by("__name__")
+            if scope.start is not None:
+                q = q.where(filter=FieldFilter("__name__", ">=", coll.document(scope.start)))
+            if scope.end is not None:
+                q = q.where(filter=FieldFilter("__name__", "<", coll.document(scope.end)))
+            return q
+
+        for snap in self._paged(query):
             if scope.past_upper(snap.id):
                 return
             yield (snap.id,), _doc(snap)
@@ -111,9 +126,18 @@ class FirestoreReader:
     def _children(self, root: str, name: str, scope: Scope) -> Iterator[tuple[Key, FsDoc]]:
         # Start at the lowest possible path under `root` (numeric IDs sort first, int64 at the least) and stop
         # at the first path under another root collection: same-named groups elsewhere are never read.
-        first = self.client.document(f"{root}/{LOWEST_ID}/{name}/{LOWEST_ID}")
+        # A key range applies to the parent's ID: from start's first child to before end's first child.
+        first = self.client.document(f"{root}/{scope.start or LOWEST_ID}/{name}/{LOWEST_ID}")
         group = self.client.collection_group(name)
-        for snap in self._paged(lambda: group.where(filter=FieldFilter("__name__", ">=", first)).order_by("__name__")):
+
+        def query() -> Any:
+            q = group.where(filter=FieldFilter("__name__", ">=", first))
+            if scope.end is not None:
+                end = self.client.document(f"{root}/{scope.end}/{name}/{LOWEST_ID}")
+                q = q.where(filter=FieldFilter("__name__", "<", end))
+            return q.order_by("__name__")
+
+        for snap in self._paged(query):
             parts = snap.reference.path.split("/")
             if parts[0] != root:
                 return

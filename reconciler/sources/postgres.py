@@ -17,7 +17,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from reconciler.errors import RuntimeFailure
-from reconciler.keys import Key, Scope, SortKey, id_sort_key
+from reconciler.keys import Key, Scope, SortKey, id_sort_key, order_text
 from reconciler.rules.model import DocumentSpec, Embed
 
 Row = tuple[Any, ...]
@@ -88,6 +88,56 @@ def order_terms(column: str, udt: str, alias: str = "t") -> list[sql.Composable]
     ]
 
 
+def range_condition(column: str, udt: str, op: str, bound: str, alias: str = "t") -> tuple[sql.Composable, list[Any]]:
+    """`key op bound` in Firestore's key order (op: ">=" or "<"), as order_terms sort: a UUID column
+    compares natively (its index serves the range); other keys compare as the row of their sort terms."""
+    if udt == "uuid":
+        if _ID_PATTERNS["uuid"].fullmatch(bound):
+            return sql.SQL("{}.{} " + op + " %s::uuid").format(sql.Identifier(alias), sql.Identifier(column)), [bound]
+        if id_sort_key(bound)[0] == 0:  # a numeric ID sorts before every UUID
+            return sql.SQL("TRUE" if op == ">=" else "FALSE"), []
+        return sql.SQL("{} " + op + ' %s COLLATE "C"').format(_text(column, alias)), [bound]
+    text = _text(column, alias)
+    numeric = sql.SQL("{} ~ '^__id-?[0-9]+__$'").format(text)
+    row = sql.SQL("(CASE WHEN {n} THEN 0 ELSE 1 END, "
+                  "COALESCE(CASE WHEN {n} THEN substring({t} from 5 for length({t}) - 6)::numeric END, 0), "
+                  '{t} COLLATE "C")').format(n=numeric, t=text)
+    kind, value = id_sort_key(bound)
+    cond = sql.SQL("{} " + op + " (%s::int, %s::numeric, %s::text)").format(row)
+    return cond, [kind, value if kind == 0 else 0, bound]
+
+
+def sample_split_points(conn: psycopg.Connection, table: str, key: str, udt: str, n: int,
+                        start: str | None, end: str | None) -> list[str]:
+    """The keys that cut the table's rows in [start, end) into n parts of about equal size, in key order."""
+    conditions, params = [], []
+    for bound, op in ((start, ">="), (end, "<")):
+        if bound is not None:
+            cond, values = range_condition(key, udt, op, bound)
+            conditions.append(cond)
+            params.extend(values)
+    where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
+    try:
+        total = conn.execute(sql.SQL("SELECT count(*) FROM {} AS t{}").format(sql.Identifier(table), where),
+                             params).fetchone()[0]
+        query = sql.SQL("SELECT {} FROM {} AS t{} ORDER BY {} OFFSET %s LIMIT 1").format(
+            _text(key), sql.Identifier(table), where, sql.SQL(", ").join(order_terms(key, udt)))
+        points = [conn.execute(query, [*params, total * i // n]).fetchone() for i in range(1, n)]
+    except psycopg.Error as exc:
+        raise RuntimeFailure(f"postgres: {_one_line(exc)}") from None
+    return [p[0] for p in points if p is not None]
+
+
+def changed_keys(conn: psycopg.Connection, table: str, key: str, column: str, since: Any) -> list[str]:
+    """The keys of the rows whose `column` (an update timestamp) is after `since`."""
+    query = sql.SQL("SELECT {} FROM {} AS t WHERE t.{} > %s").format(_text(key), sql.Identifier(table),
+                                                                      sql.Identifier(column))
+    try:
+        return [r[0] for r in conn.execute(query, [since])]
+    except psycopg.Error as exc:
+        raise RuntimeFailure(f"postgres: {_one_line(exc)}") from None
+
+
 class PostgresReader:
     def __init__(self, conn: psycopg.Connection, schema: Schema, *, itersize: int = 2000,
                  server_side: bool = True) -> None:
@@ -114,11 +164,17 @@ class PostgresReader:
         types = self.schema[table]
         select = [_text(k) for k in keys] + [sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns]
         order = [term for k in keys for term in order_terms(k, types[k])] + list(extra_order)
-        where, params = sql.SQL(""), []
+        conditions, params = [], []
         if scope.ids is not None:  # compared in the column's own type, so that its index serves the lookup
-            where = sql.SQL(" WHERE t.{} = ANY(%s::{}[])").format(sql.Identifier(scope_column),
-                                                               sql.Identifier(types[scope_column]))
+            conditions.append(sql.SQL("t.{} = ANY(%s::{}[])").format(sql.Identifier(scope_column),
+                                                                    sql.Identifier(types[scope_column])))
             params.append(_castable(scope.ids, types[scope_column]))
+        for bound, op in ((scope.start, ">="), (scope.end, "<")):
+            if bound is not None:
+                cond, values = range_condition(scope_column, types[scope_column], op, bound)
+                conditions.append(cond)
+                params.extend(values)
+        where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
         query = sql.SQL("SELECT {} FROM {} AS t{} ORDER BY {}").format(
             sql.SQL(", ").join(select), sql.Identifier(table), where, sql.SQL(", ").join(order))
         return query, params
@@ -137,7 +193,7 @@ class PostgresReader:
             root_id = row[0]
             if scope.past_upper(root_id):
                 return
-            sk = (id_sort_key(root_id),)
+            sk = (order_text(root_id),)
             yield (root_id,), (row, tuple(g.take(sk) for g in embeds))
 
     def _embed_rows(self, embed: Embed, scope: Scope) -> Iterator[tuple[SortKey, Row]]:
@@ -146,7 +202,7 @@ class PostgresReader:
             extra = [sql.SQL("t.{} DESC NULLS LAST").format(sql.Identifier(embed.order_by))]
         query, params = self._select(embed.table, [embed.join], embed.select_columns, embed.join, scope, extra)
         for row in self._cursor_rows(query, params):
-            yield (id_sort_key(row[0]),), row
+            yield (order_text(row[0]),), row
 
     def _stream_children(self, doc: DocumentSpec, scope: Scope) -> Iterator[tuple[Key, RawRecord]]:
         assert doc.parent is not None
