@@ -158,7 +158,8 @@ class Planner:
             rules_sha256=rules_digest(rules), documents=tuple(d.collection for d in rules.documents),
             max_findings=settings.max_findings, start=scope.start, end=scope.end,
             shard=(self.shard.index, self.shard.count) if self.shard else None,
-            changed_since=self.since.isoformat() if self.since else None, workers=self.workers))
+            changed_since=self.since.astimezone(dt.timezone.utc).isoformat() if self.since else None,
+            workers=self.workers))
 
 
 def _empty(rules: EntityRules) -> EntityResult:
