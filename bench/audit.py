@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -190,6 +191,7 @@ def _baseline(settings: Any, rules: Any, limit: int, t0: float) -> dict[str, Any
 
 def _measured(argv: list[str]) -> tuple[dict[str, Any], float]:
     """Run a phase process; its JSON result and the peak RSS (MiB) of it and all its children together."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
     peak = 0
@@ -201,7 +203,10 @@ def _measured(argv: list[str]) -> tuple[dict[str, Any], float]:
     out = proc.stdout.read() if proc.stdout else ""
     if proc.returncode != 0:
         raise SystemExit(f"bench audit: phase {argv[-1]} failed (exit {proc.returncode})")
-    return json.loads(out.strip().splitlines()[-1]), peak / 2**20
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the phase's processes, workers included
+    result = json.loads(out.strip().splitlines()[-1])
+    result["cpu_s"] = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return result, peak / 2**20
 
 
 LABELS = {"a": "a  Firestore alone", "b": "b  Postgres alone", "c": "c  full audit", "d": "d  load + DeepDiff"}
