@@ -139,7 +139,7 @@ def render(x: Explanation) -> str:
         out += ["", f"== {d.path}: {_kind(d.kind)}", f"   {_history_line(d.first_seen)}"]
         out += _postgres_rows(d)
         out.append("-- Firestore document (raw)")
-        out += ([f"  {p}: {v}" for p, v in _flat(d.firestore_raw, _raw)] if d.firestore_raw is not None
+        out += ([f"  {p}: {v}" for p, v in _flat(d.firestore_raw, _raw, sort=True)] if d.firestore_raw is not None
                 else ["  (no document)"])
         out += _side_by_side(d)
         if d.fields:
@@ -199,11 +199,11 @@ def _within(row_path: str, diff_path: str) -> bool:
             or row_path.startswith(diff_path + "."))
 
 
-def _flat(value: dict[str, Any] | None, fmt: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
-    """Leaf paths of a nested map (lists stay whole), in the order of the map."""
-    for k, v in (value or {}).items():
+def _flat(value: dict[str, Any] | None, fmt: Any, prefix: str = "", sort: bool = False) -> Iterator[tuple[str, str]]:
+    """Leaf paths of a nested map (lists stay whole), in the map's order or sorted (Firestore keeps none)."""
+    for k, v in sorted((value or {}).items()) if sort else (value or {}).items():
         if isinstance(v, dict) and v:
-            yield from _flat(v, fmt, f"{prefix}{k}.")
+            yield from _flat(v, fmt, f"{prefix}{k}.", sort)
         else:
             yield f"{prefix}{k}", fmt(v)
 
@@ -217,6 +217,8 @@ def _canon(v: Any) -> str:
         return f"GeoPoint({v.latitude}, {v.longitude})"
     if isinstance(v, str):
         return v if v and v.strip() == v else json.dumps(v, ensure_ascii=False)
+    if isinstance(v, (dt.date, dt.datetime)):
+        return str(to_json(v))
     return json.dumps(to_json(v), ensure_ascii=False, separators=(",", ":"), default=str)
 
 
@@ -224,6 +226,8 @@ def _raw(v: Any) -> str:
     """A stored value as its database client returns it, typed where the type is not obvious."""
     if v is None:
         return "NULL"
+    if isinstance(v, bool):
+        return "true" if v else "false"
     if hasattr(v, "latitude") and hasattr(v, "longitude") and not isinstance(v, dict):
         return f"GeoPoint({v.latitude}, {v.longitude})"
     if isinstance(v, dt.datetime):
