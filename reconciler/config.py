@@ -41,7 +41,7 @@ class RepairSettings:
 @dataclass(frozen=True)
 class HistorySettings:
     enabled: bool = True
-    dsn: str | None = None  # None: postgres.dsn (give another when the audit role may only read)
+    dsn: str = ""  # empty: postgres.dsn (give another when the audit role may only read)
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class Settings:
 
     @property
     def history_dsn(self) -> str:
-        return self.history.dsn if self.history.dsn is not None else self.postgres.dsn
+        return self.history.dsn or self.postgres.dsn
 
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {

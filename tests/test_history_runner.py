@@ -173,3 +173,30 @@ def test_the_report_renders_without_history_and_has_no_trend_chart():
     entity = EntityResult("things", "postgres", Counts(postgres=1, firestore=1, matched=1), (), False)
     page = render_html(to_dict(RunResult("r1", "audit", T, T, (entity,))))
     assert "No drift" in page and "Drift over time" not in page and "chart-trend" not in page
+
+
+def test_init_db_creates_our_tables_and_a_disabled_history_records_nothing(customers_loaded, pg_database, tmp_path,
+                                                                           monkeypatch):
+    settings, _ = customers_loaded
+    other = pg_database()
+    _env(monkeypatch, settings)
+    monkeypatch.setenv("RECONCILER_HISTORY_DSN", other)
+    r = CliRunner().invoke(main, ["init-db"])
+    assert r.exit_code == 0, r.output
+    tables = "SELECT to_regclass(%s) IS NOT NULL"
+    with psycopg.connect(other) as conn:
+        assert [conn.execute(tables, (t,)).fetchone()[0] for t in
+                ("reconciler_runs", "reconciler_run_entities", "reconciler_findings", "reconciler_repairs")] == [
+            True, True, True, False]
+    with psycopg.connect(settings.postgres.dsn) as conn:
+        assert [conn.execute(tables, (t,)).fetchone()[0] for t in ("reconciler_runs", "reconciler_repairs")] == [
+            False, True]
+    cfg = tmp_path / "off.toml"
+    cfg.write_text(f'[audit]\nrules_dir = "{ROOT / "rules"}"\n[history]\nenabled = false\n')
+    monkeypatch.delenv("RECONCILER_HISTORY_DSN")
+    r = CliRunner().invoke(main, ["--config", str(cfg), "run-once", "--entity", "customers"])
+    assert r.exit_code == 0, r.output
+    with psycopg.connect(settings.postgres.dsn) as conn:
+        assert conn.execute(tables, ("reconciler_runs",)).fetchone()[0] is False
+    r = CliRunner().invoke(main, ["--config", str(cfg), "history", "--entity", "customers"])
+    assert r.exit_code == 2 and "history is disabled" in r.output
