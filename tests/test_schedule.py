@@ -227,3 +227,14 @@ def test_sigterm_lets_the_running_job_finish_then_serve_exits_0(customers_loaded
     runs = _runs(loaded.postgres.dsn)
     assert runs and all(started < sent for _, started, _ in runs)  # no run started after the signal
     assert runs[-1][2] > sent  # and the one that was running finished (and was recorded) after it
+
+
+def test_serve_without_jobs_is_a_usage_error(tmp_path):
+    from click.testing import CliRunner
+
+    from reconciler.cli import main
+
+    cfg = tmp_path / "none.toml"
+    cfg.write_text("[schedule]\ntimezone = 'UTC'\n")
+    r = CliRunner().invoke(main, ["--config", str(cfg), "serve"])
+    assert r.exit_code == 2 and f"{cfg}: no [[schedule.jobs]] configured" in r.output
