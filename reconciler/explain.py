@@ -32,7 +32,7 @@ WIDE = 38  # characters of a value column; longer values get lines of their own
 class Document:
     """One document of the record (the root, or a subcollection document) as both sides have it."""
 
-    path: str  # customers/<id>[/<subcollection>/<id>]
+    path: str  # <collection>/<id>[/<subcollection>/<id>]
     postgres_rows: dict[str, list[dict[str, Any]]]  # table -> rows, every column (root: with embedded tables)
     postgres: dict[str, Any] | None  # canonical; None: no row
     firestore_raw: dict[str, Any] | None  # the stored fields; None: no document
