@@ -200,3 +200,22 @@ def test_init_db_creates_our_tables_and_a_disabled_history_records_nothing(custo
         assert conn.execute(tables, ("reconciler_runs",)).fetchone()[0] is False
     r = CliRunner().invoke(main, ["--config", str(cfg), "history", "--entity", "customers"])
     assert r.exit_code == 2 and "history is disabled" in r.output
+
+
+def test_a_run_that_cannot_reach_firestore_is_recorded_as_failed(pg_dsn, monkeypatch):
+    from demo import customers
+
+    with psycopg.connect(pg_dsn) as conn:
+        customers.create_schema(conn)
+    monkeypatch.setenv("RECONCILER_PG_DSN", pg_dsn)
+    monkeypatch.setenv("RECONCILER_RULES_DIR", str(ROOT / "rules"))
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "nowhere")
+    r = CliRunner().invoke(main, ["run-once", "--entity", "customers"])
+    assert r.exit_code == 3 and "firestore: cannot reach" in r.output
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT job, outcome FROM reconciler_runs").fetchall() == [("run-once", "failed")]
+        (entity, outcome, error), = conn.execute("SELECT entity, outcome, error FROM reconciler_run_entities").fetchall()
+    assert (entity, outcome) == ("customers", "failed") and error.startswith("firestore: cannot reach 127.0.0.1:")
+    shown = CliRunner().invoke(main, ["history", "--entity", "customers"])
+    assert shown.stdout.splitlines()[1].endswith("failed: " + error)
