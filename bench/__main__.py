@@ -3,13 +3,14 @@
     audit     audit vs. reading each side alone vs. load + DeepDiff, at N customers (bench/audit.py)
     core      the in-memory diff core alone, records/s on one core (bench/core.py)
     repair    records repaired per second toward Firestore (bench/repair.py)
+    ops       run_job overhead, explain latency, history queries (bench/ops.py)
 """
 
 from __future__ import annotations
 
 import sys
 
-BENCHES = {"audit": "bench.audit", "core": "bench.core", "repair": "bench.repair"}
+BENCHES = {"audit": "bench.audit", "core": "bench.core", "repair": "bench.repair", "ops": "bench.ops"}
 
 
 def main() -> int:

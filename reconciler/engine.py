@@ -35,7 +35,7 @@ T = TypeVar("T")
 Progress = Callable[[str, str, int, int], None]  # (entity, collection, records so far, drifted so far)
 
 
-def _no_progress(entity: str, collection: str, records: int, drifted: int) -> None:
+def no_progress(entity: str, collection: str, records: int, drifted: int) -> None:
     pass
 
 
@@ -129,7 +129,7 @@ def document_path(rules: EntityRules, doc: DocumentSpec, key: Key) -> str:
 
 
 def audit_entity(rules: EntityRules, sides: Sides, settings: Settings, scope: Scope,
-                 progress: Progress = _no_progress, repair: Options | None = None,
+                 progress: Progress = no_progress, repair: Options | None = None,
                  run_id: str = "") -> EntityResult:
     """Audit one entity; with `repair`, then plan (and apply) the repair of what differs."""
     started = time.monotonic()
@@ -171,7 +171,7 @@ def _audit_documents(rules: EntityRules, doc: DocumentSpec, pg_reader: pg_source
 
 def diff_streams(rules: EntityRules, doc: DocumentSpec, pg_records: Iterable[tuple[Key, Any]],
                  fs_records: Iterable[tuple[Key, tuple[Any, Any]]], tally: Tally,
-                 progress: Progress = _no_progress) -> None:
+                 progress: Progress = no_progress) -> None:
     """The diff core: merge-join two key-ordered streams of canonical records (Firestore's paired with its raw
     document) and count, diff and keep what differs. `./run bench core` times exactly this."""
     shape = shape_of(doc)
@@ -247,7 +247,7 @@ class Planner(Protocol):
 
 
 def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ...] | None = None,
-              limit: int | None = None, progress: Progress = _no_progress, repair: Options | None = None,
+              limit: int | None = None, progress: Progress = no_progress, repair: Options | None = None,
               planner: Planner | None = None) -> RunResult:
     """Audit (and with `repair`, repair) each entity; a runtime failure of one entity is recorded in its
     result and the others go on."""
