@@ -189,8 +189,28 @@ def _baseline(settings: Any, rules: Any, limit: int, t0: float) -> dict[str, Any
 
 # ---------------------------------------------------------------- the driver
 
+def _emulator_cpu() -> float:
+    """CPU seconds the Firestore emulator (a JVM) has used so far: where the time goes when we wait."""
+    port = os.environ.get("FIRESTORE_EMULATOR_HOST", "").rpartition(":")[2]
+    total = 0.0
+    for p in psutil.process_iter(["name", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            cmd = " ".join(p.info["cmdline"] or ())
+            if "java" in (p.info["name"] or "") and "firestore" in cmd.lower() and port and port in cmd:
+                t = p.cpu_times()
+                total += t.user + t.system
+    return total
+
+
+def _machine_busy() -> tuple[float, float]:
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0), sum(t)
+
+
 def _measured(argv: list[str]) -> tuple[dict[str, Any], float]:
-    """Run a phase process; its JSON result and the peak RSS (MiB) of it and all its children together."""
+    """Run a phase process; its JSON result and the peak RSS (MiB) of it and all its children together,
+    with the CPU seconds it, the emulator and the whole machine spent meanwhile."""
+    emulator, (busy, total) = _emulator_cpu(), _machine_busy()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
@@ -206,6 +226,9 @@ def _measured(argv: list[str]) -> tuple[dict[str, Any], float]:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the phase's processes, workers included
     result = json.loads(out.strip().splitlines()[-1])
     result["cpu_s"] = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    result["emulator_cpu_s"] = _emulator_cpu() - emulator
+    busy2, total2 = _machine_busy()
+    result["machine_busy"] = f"{(busy2 - busy) / max(total2 - total, 1e-9):.0%} of {psutil.cpu_count()} cores"
     return result, peak / 2**20
 
 
@@ -238,7 +261,8 @@ def main(argv: list[str] | None = None) -> None:
                      str(args.workers), "--baseline-customers", str(args.baseline_customers), "--dsn", dsn,
                      "--project", project, "--phase", phase]
             r, peak = results[phase] = _measured(argv_)
-            extra = ", ".join(f"{k} {v:,.1f}" if isinstance(v, float) else f"{k} {v:,}" for k, v in r.items()
+            extra = ", ".join(f"{k} {v:,.1f}" if isinstance(v, float) else f"{k} {v:,}" if isinstance(v, int)
+                              else f"{k} {v}" for k, v in r.items()
                               if k not in ("records", "seconds"))
             print(f"  {LABELS[phase]:<20} {r['records']:>9,} records in {r['seconds']:7.1f} s = "
                   f"{r['records'] / r['seconds']:>8,.0f} records/s, peak RSS {peak:6.0f} MiB"
