@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from reconciler import engine
 from reconciler.config import Settings
-from reconciler.errors import RulesError, UsageError
+from reconciler.errors import RulesError, RuntimeFailure, UsageError
 from reconciler.keys import Scope, id_sort_key, ranges, uuid_split_points
 from reconciler.repair import Options
 from reconciler.result import Counts, EntityResult, Finding, Sweep
@@ -194,11 +194,14 @@ def map_ranges(fn: Callable[[Any], T], tasks: list[Any], workers: int,
 def _audit_range(task: tuple[Settings, EntityRules, Scope]) -> EntityResult:
     """One range, in a worker process, with its own connections."""
     settings, rules, scope = task
-    sides = engine.open_sides(settings, rules.tables())
     try:
-        return engine.audit_entity(rules, sides, settings, scope)
-    finally:
-        sides.pg.close()
+        sides = engine.open_sides(settings, rules.tables())
+        try:
+            return engine.audit_entity(rules, sides, settings, scope)
+        finally:
+            sides.pg.close()
+    except RuntimeFailure as exc:  # as a plain RuntimeFailure: subclasses with keyword-only fields do not unpickle
+        raise RuntimeFailure(f"key range [{scope.start or 'first'}, {scope.end or 'last'}): {exc}") from None
 
 
 # ---------------------------------------------------------------- merging the parts
