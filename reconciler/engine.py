@@ -112,7 +112,7 @@ class _Tally:
 def document_path(rules: EntityRules, doc: DocumentSpec, key: Key) -> str:
     if doc.parent is None:
         return f"{doc.collection}/{key[0]}"
-    return f"{rules.root.collection}/{key[0]}/{doc.collection}/{key[1]}"
+    return f"{rules.top_collection}/{key[0]}/{doc.collection}/{key[1]}"
 
 
 def audit_entity(rules: EntityRules, sides: Sides, settings: Settings, scope: Scope,
@@ -152,7 +152,7 @@ def _audit_documents(rules: EntityRules, doc: DocumentSpec, pg_reader: pg_source
     shape = shape_of(doc)
     pg_records = ((k, pg_map.record(*raw)) for k, raw in pg_reader.stream(doc, scope))
     # the raw document rides along: repair keeps it (and its update time) for drifted records only
-    fs_records = ((k, (fs_map.record(d.fields), d)) for k, d in fs_reader.stream(doc, scope, rules.root.collection))
+    fs_records = ((k, (fs_map.record(d.fields), d)) for k, d in fs_reader.stream(doc, scope, rules.top_collection))
     n = 0
     field_prefix = "" if doc.parent is None else f"{doc.collection}/"  # "ipAddresses/isp.name" in per-field counts
     for key, pg, fs_pair in merge_join(prefetch(pg_records, name="postgres"), prefetch(fs_records, name="firestore"),
@@ -211,7 +211,7 @@ def limit_scope(rules: EntityRules, sides: Sides, limit: int) -> Scope:
         pg_keys = [k for k, _ in islice(pg_reader.stream(doc, Scope()), limit)]
     finally:
         sides.pg.rollback()
-    fs_keys = [k for k, _ in islice(fs_reader.stream(doc, Scope(), doc.collection), limit)]
+    fs_keys = [k for k, _ in islice(fs_reader.stream(doc, Scope(), rules.top_collection), limit)]
     lasts = [keys[-1][0] for keys in (pg_keys, fs_keys) if len(keys) == limit]
     return Scope(upper=min(lasts, key=id_sort_key)) if lasts else Scope()
 
