@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from reconciler.config import Settings
 from reconciler.diff import diff_records
-from reconciler.errors import RulesError, RuntimeFailure
+from reconciler.errors import ReconcilerError, RulesError, RuntimeFailure
 from reconciler.keys import Key, Scope, id_sort_key, merge_join
 from reconciler.mapping import FirestoreMapper, PostgresMapper, shape_of
 from reconciler.repair import Drift, Options, repair_entity
@@ -218,26 +218,58 @@ def limit_scope(rules: EntityRules, sides: Sides, limit: int) -> Scope:
 
 def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ...] | None = None,
               limit: int | None = None, progress: Progress = _no_progress, repair: Options | None = None) -> RunResult:
-    """Audit (and with `repair`, repair) each entity; a runtime failure of one entity is recorded in its
-    result and the others go on."""
+    """Audit (and with `repair`, repair) each entity. A failure of one entity (its rules file, the tables or
+    columns it names, or a runtime failure) is recorded in its result and the others go on; only when no
+    entity's rules hold up does the rules error itself stop the run."""
     started = dt.datetime.now(dt.timezone.utc)
     run_id = uuid.uuid4().hex[:12]
-    rules_list = load_rules(settings, entities)
+    names = list(dict.fromkeys(entities))
+    failures: dict[str, ReconcilerError] = {}
+    rules_list = []
+    for name in names:
+        try:
+            rules_list.append(load_entity(settings.rules_dir, name))
+        except RulesError as exc:
+            failures[name] = exc
+    if not rules_list:
+        raise _first_error(failures)
     sides = open_sides(settings, [t for r in rules_list for t in r.tables()])
     try:
-        check_rules(rules_list, sides.schema)
-        results = []
         for rules in rules_list:
+            try:
+                check_rules([rules], sides.schema)
+            except RulesError as exc:
+                failures[rules.entity] = exc
+        if len(failures) == len(names):
+            raise _first_error(failures)
+        by_name = {r.entity: r for r in rules_list}
+        results = []
+        for name in names:
+            rules = by_name.get(name)
+            if name in failures or rules is None:
+                results.append(_failed(name, rules, f"rules: {failures[name]}"))
+                continue
             try:
                 scope = Scope(ids=ids) if ids else (limit_scope(rules, sides, limit) if limit else Scope())
                 results.append(audit_entity(rules, sides, settings, scope, progress, repair, run_id))
             except RuntimeFailure as exc:
-                results.append(EntityResult(entity=rules.entity, source_of_truth=rules.source_of_truth,
-                                            counts=Counts(), findings=(), findings_truncated=False, error=str(exc)))
+                results.append(_failed(name, rules, str(exc)))
     finally:
         sides.pg.close()
     return RunResult(run_id=run_id, mode="repair" if repair else "audit", started_at=started,
                      finished_at=dt.datetime.now(dt.timezone.utc), entities=tuple(results))
+
+
+def _failed(name: str, rules: EntityRules | None, error: str) -> EntityResult:
+    return EntityResult(entity=name, source_of_truth=rules.source_of_truth if rules else "unknown", counts=Counts(),
+                        findings=(), findings_truncated=False, error=error)
+
+
+def _first_error(failures: dict[str, ReconcilerError]) -> ReconcilerError:
+    """Every entity failed before it was read: one entity's error as it is, several as one rules error."""
+    if len(failures) == 1:
+        return next(iter(failures.values()))
+    return RulesError("no entity's rules hold up:\n  " + "\n  ".join(f"{n}: {e}" for n, e in failures.items()))
 
 
 def live_schema(settings: Settings, tables: Iterable[str]) -> dict[str, dict[str, str]]:

@@ -274,3 +274,42 @@ def test_catalog_repair_toward_firestore_resolves_references(catalog_db):
     assert db.findings("services") == set()
     assert db.fs.document(services[0]).get().to_dict()["category_id"] == other_cat.split("/")[1]
     assert db.fs.document(tiers[0]).get().to_dict()["service_id"] == tiers[0].split("/")[1]
+
+
+# ------------------------------------------------------------------------------------------ --all
+
+def test_all_audits_every_entity_and_one_broken_entity_does_not_stop_the_others(catalog_db, tmp_path):
+    """--all: the catalog entities audit; conversations (its tables are not in this database) and a rules file
+    with an unknown key fail on their own, in the report and in the exit code (3)."""
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from reconciler.cli import main
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    for name in (*CATALOG, "conversations"):
+        shutil.copy(ROOT / "rules" / f"{name}.yaml", rules)
+    (rules / "gadgets.yaml").write_text((ROOT / "rules" / "service_packages.yaml").read_text()
+                                        .replace("entity: service_packages", "entity: gadgets")
+                                        .replace("package_type:", "package_type: {colour: red}"))
+    config = tmp_path / "reconciler.toml"
+    config.write_text(f'[audit]\nrules_dir = "{rules}"\n'
+                      f'entities = ["service_categories", "conversations", "services", "gadgets", "service_packages"]\n')
+    db = catalog_db
+    db.sql("UPDATE services SET name = 'drift' WHERE firestore_id = (SELECT min(firestore_id) FROM services)")
+    r = CliRunner().invoke(main, ["--config", str(config), "--all", "--report-dir", str(tmp_path / "out"),
+                                  "--pg-dsn", db.dsn])
+    assert r.exit_code == 3, r.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    sections = {e["entity"]: e for e in report["entities"]}
+    assert list(sections) == ["service_categories", "conversations", "services", "gadgets", "service_packages"]
+    assert "table 'conversations' does not exist" in sections["conversations"]["error"]
+    assert "unknown key 'colour'" in sections["gadgets"]["error"] and "gadgets.yaml:" in sections["gadgets"]["error"]
+    for name in CATALOG:
+        assert sections[name]["error"] is None
+        assert sections[name]["counts"]["firestore"] == len(db.docs(f"{name}/"))
+    assert sections["services"]["counts"]["mismatched"] == 1
+    assert "conversations: FAILED" in r.output and "gadgets: FAILED" in r.output
