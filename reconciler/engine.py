@@ -19,13 +19,14 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from reconciler.config import Settings
 from reconciler.diff import diff_records
-from reconciler.errors import ReconcilerError, RulesError, RuntimeFailure
+from reconciler.errors import ReconcilerError, RulesError, RuntimeFailure, UsageError
 from reconciler.keys import Key, Scope, id_sort_key, merge_join
 from reconciler.mapping import FirestoreMapper, PostgresMapper, shape_of
 from reconciler.repair import Drift, Options, repair_entity
 from reconciler.result import Counts, EntityResult, Finding, FindingKind, RunResult
 from reconciler.rules import EntityRules, load_entity
 from reconciler.rules.model import DocumentSpec
+from reconciler.rules.scaffold import new_rules
 from reconciler.rules.schema_check import check_against_schema
 from reconciler.sources import Sides
 from reconciler.sources import firestore as fs_source
@@ -154,7 +155,7 @@ def _audit_documents(rules: EntityRules, doc: DocumentSpec, pg_reader: pg_source
     # the raw document rides along: repair keeps it (and its update time) for drifted records only
     fs_records = ((k, (fs_map.record(d.fields), d)) for k, d in fs_reader.stream(doc, scope, rules.top_collection))
     n = 0
-    field_prefix = "" if doc.parent is None else f"{doc.collection}/"  # "ipAddresses/isp.name" in per-field counts
+    field_prefix = "" if doc.parent is None else f"{doc.collection}/"  # "<subcollection>/<field.path>" in per-field counts
     for key, pg, fs_pair in merge_join(prefetch(pg_records, name="postgres"), prefetch(fs_records, name="firestore"),
                                        entity=rules.entity):
         n += 1
@@ -278,3 +279,19 @@ def live_schema(settings: Settings, tables: Iterable[str]) -> dict[str, dict[str
         return pg_source.fetch_schema(conn, tuple(tables))
     finally:
         conn.close()
+
+
+def scaffold_rules(settings: Settings, *, table: str, collection: str, key: str | None = None,
+                   naming: str | None = None, entity: str | None = None, sample: int = 50) -> str:
+    """A starting rules file for `table` <-> `collection`, from the live columns and the first `sample` documents."""
+    columns = live_schema(settings, [table]).get(table)
+    if not columns:
+        raise UsageError(f"table {table!r} does not exist in the database's current schema")
+    if key is not None and key not in columns:
+        raise UsageError(f"--key {key!r} is not a column of {table} (columns: {', '.join(columns)})")
+    reader = fs_source.FirestoreReader(fs_source.connect(settings.firestore.project), timeout=settings.firestore.timeout_s)
+    documents = reader.sample(collection, sample)
+    if not documents:
+        raise UsageError(f"collection {collection!r} has no documents to learn the fields from")
+    return new_rules(entity=entity or collection, table=table, collection=collection, columns=columns,
+                     documents=documents, key=key, naming=naming)

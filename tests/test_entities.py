@@ -313,3 +313,44 @@ def test_all_audits_every_entity_and_one_broken_entity_does_not_stop_the_others(
         assert sections[name]["counts"]["firestore"] == len(db.docs(f"{name}/"))
     assert sections["services"]["counts"]["mismatched"] == 1
     assert "conversations: FAILED" in r.output and "gadgets: FAILED" in r.output
+
+
+# ------------------------------------------------------------------------------------------ rules new
+
+# The manual edits a team makes to what `rules new` writes for seed 002's services table: exactly these.
+SERVICES_EDITS = [
+    ("  # category_id: {references: TABLE.COLUMN}", "  category_id: {references: service_categories.firestore_id}"),
+]
+
+
+def test_rules_new_on_services_passes_rules_check_after_the_listed_edits(catalog_db, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from reconciler.cli import main
+
+    db = catalog_db
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    monkeypatch.setenv("RECONCILER_RULES_DIR", str(rules))
+    monkeypatch.setenv("RECONCILER_PG_DSN", db.dsn)
+    out = rules / "services.yaml"
+    r = CliRunner().invoke(main, ["rules", "new", "--table", "services", "--collection", "services",
+                                  "--key", "firestore_id", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    text = out.read_text()
+    assert "naming: identity" in text and "key: firestore_id" in text
+    assert "  firestore_id: id" in text  # the column holding the document ID maps the field holding it
+    assert "#   id" in text  # the UUID primary key matches no field: listed, not mapped
+    r = CliRunner().invoke(main, ["rules", "new", "--table", "services", "--collection", "services", "-o", str(out)])
+    assert r.exit_code == 2 and "never overwrites" in r.output
+    lines = text.splitlines()
+    for old, new in SERVICES_EDITS:
+        (i,) = [n for n, line in enumerate(lines) if line.startswith(old)]
+        lines[i] = new
+    out.write_text("\n".join(lines) + "\n")
+    r = CliRunner().invoke(main, ["rules", "check", "--entity", "services"])
+    assert r.exit_code == 0, r.output + out.read_text()
+    settings = dataclasses.replace(db.settings, rules_dir=rules)
+    e = run_audit(settings, ["services"]).entities[0]  # and it audits the seed-shaped data clean
+    assert e.error is None and e.findings == () and e.counts.matched == len(
+        [p for p in db.docs("services/") if p.count("/") == 1])

@@ -1,6 +1,6 @@
 """Postgres side: connection, live schema, and key-ordered streams of raw rows.
 
-Every stream is ordered exactly as Firestore orders document IDs (see keys.py): UUID columns by their
+Every stream is ordered exactly as Firestore sorts document IDs (see keys.py): UUID columns by their
 native order (byte order, which equals the order of their lowercase text), other keys by their text
 under COLLATE "C" with Firestore's numeric `__id<n>__` IDs first. Rows come through server-side
 cursors, so memory stays flat however large the tables are. Child tables folded into the parent
