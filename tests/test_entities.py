@@ -354,3 +354,31 @@ def test_rules_new_on_services_passes_rules_check_after_the_listed_edits(catalog
     e = run_audit(settings, ["services"]).entities[0]  # and it audits the seed-shaped data clean
     assert e.error is None and e.findings == () and e.counts.matched == len(
         [p for p in db.docs("services/") if p.count("/") == 1])
+
+
+def test_repair_toward_postgres_looks_foreign_keys_up_from_document_ids(catalog_db, tmp_path):
+    """The services rules with Firestore as the source of truth: a reference and a subcollection's parent link are
+    written as the UUID of the row whose firestore_id the document names."""
+    db = catalog_db
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "services.yaml").write_text((ROOT / "rules" / "services.yaml").read_text()
+                                         .replace("source_of_truth: postgres", "source_of_truth: firestore"))
+    settings = dataclasses.replace(db.settings, rules_dir=rules)
+    services = [p for p in db.docs("services/") if p.count("/") == 1]
+    tier = next(p for p in db.docs("services/") if "/pricing_tiers/" in p)
+    s1 = services[0]
+    other_cat = next(c.split("/")[1] for c in db.docs("service_categories/")
+                     if c.split("/")[1] != db.data.docs[s1]["category_id"])
+    db.fs.document(s1).update({"category_id": other_cat})  # the truth moves the service to another category
+    db.sql(f"DELETE FROM service_pricing_tiers WHERE firestore_id = '{tier.rsplit('/', 1)[1]}'")  # a row missing
+    e = run_audit(settings, ["services"], repair=Options(apply=True)).entities[0]
+    assert e.error is None and {f.key for f in e.findings} == {s1, tier}
+    assert {f.repair.status for f in e.findings} == {RepairStatus.APPLIED}, [f.repair for f in e.findings]
+    assert run_audit(settings, ["services"]).entities[0].findings == ()
+    with psycopg.connect(db.dsn) as conn:
+        (cat,) = conn.execute("SELECT c.firestore_id FROM services s JOIN service_categories c ON c.id = s.category_id "
+                              f"WHERE s.firestore_id = '{s1.split('/')[1]}'").fetchone()
+        (parent,) = conn.execute("SELECT s.firestore_id FROM service_pricing_tiers t JOIN services s "
+                                 f"ON s.id = t.service_id WHERE t.firestore_id = '{tier.rsplit('/', 1)[1]}'").fetchone()
+    assert (cat, parent) == (other_cat, tier.split("/")[1])
