@@ -257,6 +257,12 @@ def test_catalog_drift_in_every_construct_is_found_exactly(catalog_db):
     }
     assert db.findings("service_packages") == {(link, "mismatch", ("service_id",))}
     assert db.findings("service_categories") == set()
+    root, other = categories[0], categories[1]  # a self-reference: the category tree
+    db.sql(f"UPDATE service_categories SET parent_category_id = (SELECT id FROM service_categories WHERE "
+           f"firestore_id = '{fid(other)}') WHERE firestore_id = '{fid(root)}'")
+    db.fs.document(other).update({"sort_order": 99})
+    assert db.findings("service_categories") == {(root, "mismatch", ("parent_category_id",)),
+                                                 (other, "mismatch", ("sort_order",))}
 
 
 def test_catalog_repair_toward_firestore_resolves_references(catalog_db):
