@@ -388,3 +388,35 @@ def test_repair_toward_postgres_looks_foreign_keys_up_from_document_ids(catalog_
         (parent,) = conn.execute("SELECT s.firestore_id FROM service_pricing_tiers t JOIN services s "
                                  f"ON s.id = t.service_id WHERE t.firestore_id = '{tier.rsplit('/', 1)[1]}'").fetchone()
     assert (cat, parent) == (other_cat, tier.split("/")[1])
+
+
+def test_key_order_through_references_matches_firestore_for_awkward_ids(pg_dsn, fs_client, fs_project):
+    """Subcollection streams ordered by the parent's firestore_id through the JOIN: numeric IDs first, then byte
+    order whatever the database collation (en-US here would put 'a' before 'B'); any mismatch would read as
+    missing records."""
+    import datetime as dt
+    import uuid
+
+    ids = ["B", "a", "__id2__", "__id10__", "é", "Z_1", "a-b", "ab", "A"]
+    data = dataset.Dataset()
+    data.tables("service_categories", "services", "service_pricing_tiers")
+    cat = uuid.uuid4()
+    when = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+    data.add_row("service_categories", {"id": cat, "firestore_id": "c", "name": "C", "slug": "c"})
+    data.docs["service_categories/c"] = {"id": "c", "name": "C", "slug": "c"}
+    for n, sid in enumerate(ids):
+        suid = uuid.uuid4()
+        data.add_row("services", {"id": suid, "firestore_id": sid, "category_id": cat, "name": sid, "slug": f"s{n}",
+                                  "pricing_model": "fixed", "created_at": when})
+        data.docs[f"services/{sid}"] = {"id": sid, "category_id": "c", "name": sid, "slug": f"s{n}",
+                                        "pricing_model": "fixed", "created_at": when}
+        for tid in ids if n == len(ids) - 1 else [f"{sid}-t"]:  # the last service's tiers: the awkward IDs too
+            data.add_row("service_pricing_tiers", {"id": uuid.uuid4(), "firestore_id": tid, "service_id": suid,
+                                                   "tier_name": tid, "price": 1})
+            data.docs[f"services/{sid}/pricing_tiers/{tid}"] = {"id": tid, "service_id": sid, "tier_name": tid,
+                                                               "price": 1}
+    db = _load(pg_dsn, fs_client, fs_project, data, catalog.SCHEMA)
+    e = db.audit("services")  # column defaults (currency, created_by...) differ: only the pairing is under test
+    total = len(ids) + (len(ids) - 1) + len(ids)
+    assert e.counts.postgres == e.counts.firestore == e.counts.matched + e.counts.mismatched == total
+    assert e.counts.missing_in_firestore == e.counts.missing_in_postgres == 0
