@@ -36,7 +36,7 @@ T = TypeVar("T")
 Progress = Callable[[str, str, int, int], None]  # (entity, collection, records so far, drifted so far)
 
 
-def _no_progress(entity: str, collection: str, records: int, drifted: int) -> None:
+def no_progress(entity: str, collection: str, records: int, drifted: int) -> None:
     pass
 
 
@@ -117,7 +117,7 @@ def document_path(rules: EntityRules, doc: DocumentSpec, key: Key) -> str:
 
 
 def audit_entity(rules: EntityRules, sides: Sides, settings: Settings, scope: Scope,
-                 progress: Progress = _no_progress, repair: Options | None = None,
+                 progress: Progress = no_progress, repair: Options | None = None,
                  run_id: str = "") -> EntityResult:
     """Audit one entity; with `repair`, then plan (and apply) the repair of what differs."""
     started = time.monotonic()
@@ -218,7 +218,7 @@ def limit_scope(rules: EntityRules, sides: Sides, limit: int) -> Scope:
 
 
 def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ...] | None = None,
-              limit: int | None = None, progress: Progress = _no_progress, repair: Options | None = None) -> RunResult:
+              limit: int | None = None, progress: Progress = no_progress, repair: Options | None = None) -> RunResult:
     """Audit (and with `repair`, repair) each entity. A failure of one entity (its rules file, the tables or
     columns it names, or a runtime failure) is recorded in its result and the others go on; only when no
     entity's rules hold up does the rules error itself stop the run."""

@@ -168,22 +168,13 @@ def test_libpq_variables_are_used_when_no_dsn_is_given_and_progress_shows_only_w
     assert shown.exit_code == 0 and "customers/customers:" in shown.stderr and "/s" in shown.stderr
 
 
-def test_all_runs_the_entities_the_config_enables(customers_loaded, monkeypatch, pg_dsn, fs_client):
-    from demo import catalog, conversations, dataset, orders
-
+def test_all_runs_the_entities_the_config_enables(customers_loaded, monkeypatch):
     settings, people = customers_loaded
-    with psycopg.connect(pg_dsn) as conn:  # the config enables every entity of the seeds, as the demo loads them
-        for module, data in ((orders, orders.generate(5)), (conversations, conversations.generate(3)),
-                             (catalog, catalog.generate(3))):
-            dataset.load(conn, fs_client, data, module.SCHEMA)
     monkeypatch.setenv("RECONCILER_PG_DSN", settings.postgres.dsn)
-    monkeypatch.setenv("RECONCILER_CONFIG", str(ROOT / "config" / "reconciler.toml"))
+    monkeypatch.setenv("RECONCILER_CONFIG", str(ROOT / "config" / "reconciler.toml"))  # audit.entities = customers
     r = CliRunner().invoke(main, ["--all"])
     assert r.exit_code == 0, r.output
     assert r.stdout.startswith(f"customers: {_records(people):,} in Postgres")
-    assert [line.split(":")[0] for line in r.stdout.splitlines() if not line.startswith(" ")] == [
-        "customers", "orders", "customer_preferences", "conversations", "service_categories", "services",
-        "service_packages"]
 
 
 def test_the_demo_drift_is_found_exactly(customers_loaded, fs_client, pg_dsn):
