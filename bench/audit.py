@@ -125,7 +125,7 @@ def _read_range(task: tuple[Any, Any, Any, str]) -> int:
         if side == "firestore":
             reader = fs_source.FirestoreReader(sides.fs, page_size=settings.firestore.page_size)
             for doc in rules.documents:
-                n += sum(1 for _ in reader.stream(doc, scope, rules.root.collection))
+                n += sum(1 for _ in reader.stream(doc, scope, rules.top_collection))
         else:
             pg_source.begin_snapshot(sides.pg)
             reader = pg_source.PostgresReader(sides.pg, sides.schema, itersize=settings.postgres.itersize)
@@ -178,7 +178,7 @@ def _baseline(settings: Any, rules: Any, limit: int, t0: float) -> dict[str, Any
         pg_map, fs_map = PostgresMapper(doc, rules.compare), FirestoreMapper(doc, rules.compare)
         for key, raw in pg_reader.stream(doc, scope):
             pg_all[engine.document_path(rules, doc, key)] = pg_map.record(*raw)
-        for key, d in fs_reader.stream(doc, scope, rules.root.collection):
+        for key, d in fs_reader.stream(doc, scope, rules.top_collection):
             fs_all[engine.document_path(rules, doc, key)] = fs_map.record(d.fields)
     sides.pg.close()
     t_load = time.monotonic() - t0
