@@ -103,13 +103,14 @@ class Scope:
                 or (self.end is not None and sk >= id_sort_key(self.end)))
 
     def contains(self, root_id: str) -> bool:
-        sk = id_sort_key(root_id)
-        if self.ids is not None and root_id not in self.ids:
-            return False
-        return not self.past_upper(root_id) and (self.start is None or sk >= id_sort_key(self.start))
+        return (self.ids is None or root_id in self.ids) and self.in_range(root_id)
+
+    def in_range(self, root_id: str) -> bool:
+        """Inside start/end/upper (whatever `ids` says)."""
+        return not self.past_upper(root_id) and (self.start is None or id_sort_key(root_id) >= id_sort_key(self.start))
 
     def sorted_ids(self) -> list[str]:
-        return sorted({i for i in self.ids or () if self.contains(i)}, key=id_sort_key)
+        return sorted({i for i in self.ids or () if self.in_range(i)}, key=id_sort_key)
 
     @property
     def is_range(self) -> bool:
@@ -119,7 +120,7 @@ class Scope:
 def ranges(points: Iterable[str], within: Scope = Scope()) -> list[Scope]:
     """The ranges between split points, inside `within` (its start/end kept): together they cover
     `within` exactly once. Points outside it or repeated are dropped."""
-    inner = sorted({p for p in points if within.contains(p) and p != within.start}, key=id_sort_key)
+    inner = sorted({p for p in points if within.in_range(p) and p != within.start}, key=id_sort_key)
     bounds: list[str | None] = [within.start, *inner, within.end]
     return [Scope(ids=within.ids, upper=within.upper, start=a, end=b) for a, b in zip(bounds, bounds[1:])]
 

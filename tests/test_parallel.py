@@ -248,3 +248,11 @@ def test_changed_since_needs_the_rules_to_say_where_update_times_are(drifted, tm
     settings = dataclasses.replace(drifted, rules_dir=tmp_path)
     with pytest.raises(RulesError, match="changed: {column: ..., field: ...}"):
         engine.run_audit(settings, ["customers"], planner=parallel.Planner(settings, since=parallel.parse_since("1h")))
+
+
+def test_a_shard_of_changed_records_is_a_range_of_them():
+    ids = tuple(str(uuid.UUID(int=i << 124)) for i in range(16))  # 0..., 1..., ..., f... in the first hex digit
+    parts = ranges(uuid_split_points(4), Scope(ids=ids))
+    assert len(parts) == 4 and all(p.ids == ids for p in parts)
+    assert [len(p.sorted_ids()) for p in parts] == [4, 4, 4, 4]
+    assert sorted(i for p in parts for i in p.sorted_ids()) == sorted(ids)
