@@ -87,7 +87,7 @@ def _finding_dict(f: Finding) -> dict[str, Any]:
     return {
         "key": f.key,
         "kind": f.kind.value if isinstance(f.kind, FindingKind) else str(f.kind),
-        "fields": [{"path": d.path, "postgres": _value(d.postgres), "firestore": _value(d.firestore)}
+        "fields": [{"path": d.path, "kind": d.kind, "postgres": _value(d.postgres), "firestore": _value(d.firestore)}
                    for d in f.fields],
         **({"repair": _repair_dict(f.repair)} if f.repair is not None else {}),
     }
@@ -241,7 +241,8 @@ def _finding_view(f: dict[str, Any]) -> dict[str, Any]:
             pg["tag"], fs["tag"] = pg["type"], fs["type"]  # same-looking values of different types: say so
         if pg["kind"] != "null" and fs["kind"] != "null":
             pg["parts"], fs["parts"] = _highlight(pg["text"], fs["text"])
-        rows.append({"path": str(d.get("path", "")), "postgres": pg, "firestore": fs})
+        rows.append({"path": str(d.get("path", "")), "type_mismatch": d.get("kind") == "type_mismatch",
+                     "postgres": pg, "firestore": fs})
     return {
         "key": str(f.get("key", "")),
         "kind": kind,

@@ -22,6 +22,8 @@ class FieldDiff:
     postgres: Any
     firestore: Any
     pattern: str = ""  # the path with data-dependent parts generalised ("sources.*.id"), for per-field counts
+    kind: str = "value"  # "value": the values differ; "type_mismatch": a value of another kind than the other
+    #                      side's or than the rules expect (a string for a number, a map for an array...)
 
 
 class RepairAction(str, Enum):

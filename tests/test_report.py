@@ -30,7 +30,7 @@ ENTITY_KEYS = {"entity", "source_of_truth", "counts", "field_counts", "error", "
                "findings_truncated"}
 COUNT_KEYS = {"postgres", "firestore", "matched", "mismatched", "missing_in_firestore", "missing_in_postgres"}
 FINDING_KEYS = {"key", "kind", "fields"}
-FIELD_KEYS = {"path", "postgres", "firestore"}
+FIELD_KEYS = {"path", "kind", "postgres", "firestore"}
 
 
 def fd(path: str, pg, fs) -> FieldDiff:
@@ -184,7 +184,7 @@ def test_non_finite_numbers_never_make_invalid_json():
     json.dumps(d, allow_nan=False)  # would raise on NaN/Infinity
     f = d["entities"][0]["findings"][0]["fields"]
     assert f[0]["postgres"] == {"latitude": "nan", "longitude": 1.0}
-    assert f[1] == {"path": "x", "postgres": "nan", "firestore": "inf"}
+    assert f[1] == {"path": "x", "kind": "value", "postgres": "nan", "firestore": "inf"}
 
 
 # ------------------------------------------------------------------------------------------ HTML
