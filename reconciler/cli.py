@@ -6,8 +6,10 @@ Exit codes: 0 no drift, 1 drift found, 2 usage/config/rules error, 3 runtime fai
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,36 +18,46 @@ import click
 from reconciler import engine
 from reconciler.config import Settings, load_settings
 from reconciler.errors import ReconcilerError, UsageError
+from reconciler.redact import dsn_password, scrub
 from reconciler.repair import Options as RepairOptions
 from reconciler.result import EntityResult, RepairStatus, RunResult
 
 EXIT_OK, EXIT_DRIFT, EXIT_USAGE, EXIT_FAILURE = 0, 1, 2, 3
 
 
-def _fail(exc: ReconcilerError, debug: bool) -> None:
-    if debug:
-        raise exc
-    click.echo(f"reconcile: error: {exc}", err=True)
-    sys.exit(exc.exit_code)
+_SECRETS: list[str] = []  # this invocation's passwords: scrubbed from everything it prints or writes
+
+
+def _say(text: str, *, err: bool = False, nl: bool = True) -> None:
+    """Every line the command prints goes through here."""
+    click.echo(scrub(text, _SECRETS), err=err, nl=nl)
+
+
+def _fail(exc: BaseException, debug: bool, code: int, message: str) -> None:
+    if debug:  # the traceback, with the secrets scrubbed from it like from everything else
+        _say(traceback.format_exc().rstrip(), err=True)
+    _say(message, err=True)
+    sys.exit(code)
 
 
 def _guard(fn: Callable[..., int]) -> Callable[..., None]:
     """The one error boundary: typed errors become one line and their exit code; --debug shows the traceback."""
     def wrapper(*args: Any, **kwargs: Any) -> None:
-        debug = bool(click.get_current_context().find_root().params.get("debug"))
+        root = click.get_current_context().find_root().params
+        debug = bool(root.get("debug"))
+        # known before the settings load (they may fail to): the flag's, the environment's
+        _SECRETS[:] = [s for s in (dsn_password(root.get("pg_dsn")), dsn_password(os.environ.get("RECONCILER_PG_DSN")),
+                                   os.environ.get("PGPASSWORD")) if s]
         try:
             code = fn(*args, **kwargs)
         except ReconcilerError as exc:
-            _fail(exc, debug)
+            _fail(exc, debug, exc.exit_code, f"reconcile: error: {exc}")
         except KeyboardInterrupt:
-            click.echo("reconcile: interrupted", err=True)
+            _say("reconcile: interrupted", err=True)
             sys.exit(130)
         except Exception as exc:  # a bug or an unexpected library error: still one line unless --debug
-            if debug:
-                raise
-            click.echo(f"reconcile: unexpected error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
-                       err=True)
-            sys.exit(EXIT_FAILURE)
+            _fail(exc, debug, EXIT_FAILURE, f"reconcile: unexpected error: {type(exc).__name__}: {exc}"
+                                            f"{'' if debug else ' (run with --debug for the traceback)'}")
         sys.exit(code)
     wrapper.__name__ = fn.__name__
     wrapper.__doc__ = fn.__doc__
@@ -56,7 +68,9 @@ def _settings(ctx: click.Context, **overrides: Any) -> Settings:
     root = ctx.find_root().params
     flat = {"postgres.dsn": root.get("pg_dsn"), "firestore.project": root.get("firestore_project")}
     flat.update(overrides)
-    return load_settings(root.get("config"), overrides=flat)
+    settings = load_settings(root.get("config"), overrides=flat)
+    _SECRETS.extend(settings.secrets())
+    return settings
 
 
 class _Progress:
@@ -73,12 +87,11 @@ class _Progress:
             return
         self.last = now
         rate = records / max(now - self.started, 1e-6)
-        click.echo(f"\r{entity}/{collection}: {records:,} records, {drifted:,} drifted, {rate:,.0f}/s   ", nl=False,
-                   err=True)
+        _say(f"\r{entity}/{collection}: {records:,} records, {drifted:,} drifted, {rate:,.0f}/s   ", nl=False, err=True)
 
     def done(self) -> None:
         if self.enabled:
-            click.echo("\r" + " " * 78 + "\r", nl=False, err=True)
+            _say("\r" + " " * 78 + "\r", nl=False, err=True)
 
 
 def _summary(result: RunResult) -> str:
@@ -225,7 +238,7 @@ def _audit(ctx: click.Context, entities: tuple[str, ...], all_entities: bool, re
     if _repair_flags_alone(ctx):
         raise UsageError(f"{', '.join(_repair_flags_alone(ctx))} only work with --repair")
     if repair is not None and repair.force:
-        click.echo("reconcile: WARNING: --force: the drift-ratio guard is off; every drifted record up to "
+        _say("reconcile: WARNING: --force: the drift-ratio guard is off; every drifted record up to "
                    "--max-repairs will be written", err=True)
     settings = _settings(ctx, **{"audit.report_dir": str(report_dir) if report_dir else None})
     names = list(entities)
@@ -234,12 +247,12 @@ def _audit(ctx: click.Context, entities: tuple[str, ...], all_entities: bool, re
     show = _Progress(sys.stderr.isatty() if progress is None else progress)
     result = engine.run_audit(settings, names, ids=_split_ids(ids), limit=limit, progress=show, repair=repair)
     show.done()
-    click.echo(_summary(result))
+    _say(_summary(result))
     if settings.report_dir is not None:
         from reconciler.report import write_reports
 
-        paths = write_reports(result, settings.report_dir)
-        click.echo(f"report: {paths.html}\n        {paths.json}")
+        paths = write_reports(result, settings.report_dir, secrets=_SECRETS)
+        _say(f"report: {paths.html}\n        {paths.json}")
     if result.failed:
         return EXIT_FAILURE
     return EXIT_DRIFT if result.drift_left else EXIT_OK
@@ -269,7 +282,7 @@ def _rules_check(ctx: click.Context, entities: tuple[str, ...], offline: bool) -
         engine.check_rules(loaded, engine.live_schema(settings, [t for r in loaded for t in r.tables()]))
     for r in loaded:
         n = sum(len(d.columns) + len(d.geopoints) + sum(len(e.columns) for e in d.embeds) for d in r.documents)
-        click.echo(f"{r.file}: ok ({r.entity}: {n} mapped columns, {len(r.subcollections)} subcollections"
+        _say(f"{r.file}: ok ({r.entity}: {n} mapped columns, {len(r.subcollections)} subcollections"
                    f"{', checked against the live schema' if not offline else ''})")
     return EXIT_OK
 

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from reconciler.errors import ConfigError
+from reconciler.redact import dsn_password
 
 DEFAULT_CONFIG = Path("config/reconciler.toml")
 
 
 @dataclass(frozen=True)
 class PostgresSettings:
-    dsn: str = ""  # empty: libpq's own PG* environment variables (PGHOST, PGUSER, PGPASSWORD, ...)
+    dsn: str = field(default="", repr=False)  # empty: libpq's own PG* variables (PGHOST, PGUSER, PGPASSWORD...)
     itersize: int = 2000  # rows per server-side cursor round trip
 
 
@@ -47,6 +48,13 @@ class Settings:
     postgres: PostgresSettings = field(default_factory=PostgresSettings)
     firestore: FirestoreSettings = field(default_factory=FirestoreSettings)
     repair: RepairSettings = field(default_factory=RepairSettings)
+
+    def secrets(self, env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+        """Every password these settings (or libpq's environment) hold: scrubbed from all output (redact.py)."""
+        env = os.environ if env is None else env
+        mail = getattr(self, "mail", None)  # the [mail] section's SMTP password, where there is one
+        found = (dsn_password(self.postgres.dsn), env.get("PGPASSWORD"), getattr(mail, "password", None))
+        return tuple(s for s in found if s)
 
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {

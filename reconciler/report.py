@@ -20,11 +20,12 @@ import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import jinja2
 
 from reconciler.errors import RuntimeFailure
+from reconciler.redact import scrub_data
 from reconciler.result import EntityResult, Finding, FindingKind, Repair, RepairSummary, RunResult
 from reconciler.values import to_json
 
@@ -436,10 +437,11 @@ def _duration(seconds: Any) -> str:
 # ------------------------------------------------------------------------------------------ files
 
 
-def write_reports(result: RunResult, directory: Path) -> ReportPaths:
-    """Write DIR/report.json and DIR/report.html (creating DIR); each file is replaced atomically."""
+def write_reports(result: RunResult, directory: Path, secrets: Iterable[str] = ()) -> ReportPaths:
+    """Write DIR/report.json and DIR/report.html (creating DIR); each file is replaced atomically.
+    `secrets` (passwords) are scrubbed from both, wherever a message may have quoted one."""
     directory = Path(directory)
-    report = to_dict(result)
+    report = scrub_data(to_dict(result), secrets)
     html = render_html(report).encode("utf-8", errors="replace")  # rendered before anything is written
     try:
         data = json.dumps(report, indent=2, ensure_ascii=False).encode("utf-8")

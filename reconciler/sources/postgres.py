@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from reconciler.errors import RuntimeFailure
+from reconciler.errors import ConfigError, RuntimeFailure
 from reconciler.keys import Key, Scope, SortKey, id_sort_key
 from reconciler.rules.model import DocumentSpec, Embed
 
@@ -27,6 +27,12 @@ RawRecord = tuple[Row, tuple[list[Row], ...]]  # (row: key text + selected colum
 
 def connect(dsn: str, *, application_name: str = "reconciler") -> psycopg.Connection:
     """Connect (an empty DSN means libpq's PG* environment variables) with UTC timestamps."""
+    try:
+        psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        # libpq quotes the pieces it could not parse, which may be (part of) a password: never repeated here
+        masked = re.sub(r'"([^"]*)"', lambda m: m[0] if len(m[1]) <= 1 else '"..."', _one_line(exc))
+        raise ConfigError(f"not a valid connection string ({masked})", key="postgres.dsn") from None
     try:
         conn = psycopg.connect(dsn, connect_timeout=10, application_name=application_name)
     except psycopg.Error as exc:
