@@ -22,7 +22,7 @@ from reconciler.diff import diff_records
 from reconciler.errors import RulesError, RuntimeFailure
 from reconciler.keys import Key, Scope, id_sort_key, merge_join
 from reconciler.mapping import FirestoreMapper, PostgresMapper, shape_of
-from reconciler.repair import Drift, Options, repair_entity
+from reconciler.repair import Drift, Options, check_privileges, repair_entity
 from reconciler.result import Counts, EntityResult, Finding, FindingKind, RunResult
 from reconciler.rules import EntityRules, load_entity
 from reconciler.rules.model import DocumentSpec
@@ -226,6 +226,8 @@ def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ..
     sides = open_sides(settings, [t for r in rules_list for t in r.tables()])
     try:
         check_rules(rules_list, sides.schema)
+        if repair is not None and repair.apply:
+            check_privileges(rules_list, sides)  # before auditing: a refusal costs nothing and writes nothing
         results = []
         for rules in rules_list:
             try:
