@@ -44,6 +44,8 @@ class Settings:
     rules_dir: Path
     entities: tuple[str, ...] = ()  # what --all audits; empty: every rules file in rules_dir
     max_findings: int = 1000  # findings kept per entity in the report (counts always cover everything)
+    settle_s: float = 0.0  # wait this long, then read every differing record again before calling it drift
+    recent_s: float = 0.0  # a record still differing whose Firestore document changed this recently is in flight
     report_dir: Path | None = None
     postgres: PostgresSettings = field(default_factory=PostgresSettings)
     firestore: FirestoreSettings = field(default_factory=FirestoreSettings)
@@ -60,9 +62,12 @@ class Settings:
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "postgres": {"dsn": str, "itersize": int},
     "firestore": {"project": str, "page_size": int, "timeout_s": (int, float)},
-    "audit": {"rules_dir": str, "entities": list, "max_findings": int, "report_dir": str},
+    "audit": {"rules_dir": str, "entities": list, "max_findings": int, "report_dir": str,
+              "settle_s": (int, float), "recent_s": (int, float)},
     "repair": {"max_repairs": int, "max_drift_ratio": (int, float), "batch_size": int},
 }
+
+_MAY_BE_ZERO = {("audit", "settle_s"), ("audit", "recent_s")}
 
 ENV = {
     "RECONCILER_PG_DSN": ("postgres", "dsn"),
@@ -85,7 +90,10 @@ def _check(data: dict[str, Any], file: str) -> None:
             if isinstance(value, bool) or not isinstance(value, expected):
                 names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
                 raise ConfigError(f"must be {names}, got {value!r}", file=file, key=f"{section}.{key}")
-            if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
+            if (section, key) in _MAY_BE_ZERO:
+                if value < 0:
+                    raise ConfigError(f"must be 0 or more, got {value!r}", file=file, key=f"{section}.{key}")
+            elif isinstance(value, int) and not isinstance(value, bool) and value <= 0:
                 raise ConfigError(f"must be positive, got {value!r}", file=file, key=f"{section}.{key}")
     ratio = data.get("repair", {}).get("max_drift_ratio")
     if ratio is not None and not 0 < ratio <= 1:
@@ -151,6 +159,8 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         rules_dir=base / audit.get("rules_dir", "rules"),
         entities=tuple(audit.get("entities", ())),
         max_findings=audit.get("max_findings", Settings.max_findings),
+        settle_s=float(audit.get("settle_s", Settings.settle_s)),
+        recent_s=float(audit.get("recent_s", Settings.recent_s)),
         report_dir=base / report_dir if report_dir else None,
         postgres=replace(PostgresSettings(), **pg),
         firestore=replace(FirestoreSettings(), **{k: float(v) if k == "timeout_s" else v for k, v in fs.items()}),

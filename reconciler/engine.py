@@ -17,8 +17,8 @@ from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
+from reconciler import settle
 from reconciler.config import Settings
-from reconciler.diff import diff_records
 from reconciler.errors import RulesError, RuntimeFailure
 from reconciler.keys import Key, Scope, id_sort_key, merge_join
 from reconciler.mapping import FirestoreMapper, PostgresMapper, shape_of
@@ -93,12 +93,38 @@ class _Tally:
     fields: Counter[str] = field(default_factory=Counter)
     findings: list[Finding] = field(default_factory=list)
     drifts: list[Drift] = field(default_factory=list)
+    pending: list[tuple[DocumentSpec, Key, Finding]] = field(default_factory=list)  # read again once settled
+
+    def settle(self, rereads: dict[tuple[str, Key], settle.Reread], rules: EntityRules) -> None:
+        """Replace each pending finding by what the re-read found: settled (matched), in flight, or drift."""
+        for doc, key, old in self.pending:
+            r = rereads[(doc.collection, key)]
+            prefix = "" if doc.parent is None else f"{doc.collection}/"
+            self.counts[_count_key(old)] -= 1
+            self.counts["postgres"] += (r.postgres is not None) - (old.kind != FindingKind.MISSING_IN_POSTGRES)
+            self.counts["firestore"] += (r.firestore is not None) - (old.kind != FindingKind.MISSING_IN_FIRESTORE)
+            for pattern in dict.fromkeys(f.pattern for f in old.fields):
+                self.fields[prefix + pattern] -= 1
+            new = None if r.in_flight else r.finding
+            if r.in_flight:
+                self.counts["in_flight"] += 1
+            elif new is not None:
+                self.counts[_count_key(new)] += 1
+                for pattern in dict.fromkeys(f.pattern for f in new.fields):
+                    self.fields[prefix + pattern] += 1
+            elif r.postgres is not None:
+                self.counts["matched"] += 1
+            self.findings = [new if f is old else f for f in self.findings if f is not old or new is not None]
+            self.drifts = [Drift(doc, key, new, r.postgres, r.firestore_doc, r.firestore) if d.finding is old else d
+                           for d in self.drifts if d.finding is not old or new is not None]
+        self.fields = Counter({k: n for k, n in self.fields.items() if n > 0})
+        self.pending = []
 
     def add(self, finding: Finding | None, field_prefix: str = "") -> None:
         if finding is None:
             self.counts["matched"] += 1
             return
-        self.counts[finding.kind.value if finding.kind != FindingKind.MISMATCH else "mismatched"] += 1
+        self.counts[_count_key(finding)] += 1
         for pattern in dict.fromkeys(f.pattern for f in finding.fields):
             self.fields[field_prefix + pattern] += 1
         if len(self.findings) < self.max_findings:
@@ -109,10 +135,8 @@ class _Tally:
         return self.counts["mismatched"] + self.counts["missing_in_firestore"] + self.counts["missing_in_postgres"]
 
 
-def document_path(rules: EntityRules, doc: DocumentSpec, key: Key) -> str:
-    if doc.parent is None:
-        return f"{doc.collection}/{key[0]}"
-    return f"{rules.root.collection}/{key[0]}/{doc.collection}/{key[1]}"
+def _count_key(finding: Finding) -> str:
+    return finding.kind.value if finding.kind != FindingKind.MISMATCH else "mismatched"
 
 
 def audit_entity(rules: EntityRules, sides: Sides, settings: Settings, scope: Scope,
@@ -121,19 +145,20 @@ def audit_entity(rules: EntityRules, sides: Sides, settings: Settings, scope: Sc
     """Audit one entity; with `repair`, then plan (and apply) the repair of what differs."""
     started = time.monotonic()
     tally = _Tally(settings.max_findings, repair.limit(settings) if repair else 0)
-    pg_source.begin_snapshot(sides.pg)
+    instant = pg_source.begin_snapshot(sides.pg)
     try:
         pg_reader = pg_source.PostgresReader(sides.pg, sides.schema, itersize=settings.postgres.itersize)
         fs_reader = fs_source.FirestoreReader(sides.fs, page_size=settings.firestore.page_size,
-                                              timeout=settings.firestore.timeout_s)
+                                              timeout=settings.firestore.timeout_s, read_time=instant)
         for doc in rules.documents:
             _audit_documents(rules, doc, pg_reader, fs_reader, scope, tally, progress)
     finally:
         sides.pg.rollback()
+    tally.settle(settle.reread(rules, sides, settings, settle.keys_of((d, k) for d, k, _ in tally.pending)), rules)
     c = tally.counts
     counts = Counts(postgres=c["postgres"], firestore=c["firestore"], matched=c["matched"],
                     mismatched=c["mismatched"], missing_in_firestore=c["missing_in_firestore"],
-                    missing_in_postgres=c["missing_in_postgres"])
+                    missing_in_postgres=c["missing_in_postgres"], in_flight=c["in_flight"])
     findings, summary = tuple(tally.findings), None
     if repair is not None:
         outcome = repair_entity(rules, sides, settings, tally.drifts, counts, repair, run_id)
@@ -150,6 +175,7 @@ def _audit_documents(rules: EntityRules, doc: DocumentSpec, pg_reader: pg_source
     pg_map = PostgresMapper(doc, rules.compare)
     fs_map = FirestoreMapper(doc, rules.compare)
     shape = shape_of(doc)
+    reread_at_most = max(tally.max_findings, tally.max_drifts)
     pg_records = ((k, pg_map.record(*raw)) for k, raw in pg_reader.stream(doc, scope))
     # the raw document rides along: repair keeps it (and its update time) for drifted records only
     fs_records = ((k, (fs_map.record(d.fields), d)) for k, d in fs_reader.stream(doc, scope, rules.root.collection))
@@ -161,16 +187,12 @@ def _audit_documents(rules: EntityRules, doc: DocumentSpec, pg_reader: pg_source
         fs, fs_doc = fs_pair if fs_pair is not None else (None, None)
         tally.counts["postgres"] += pg is not None
         tally.counts["firestore"] += fs is not None
-        if fs is None:
-            finding = Finding(document_path(rules, doc, key), FindingKind.MISSING_IN_FIRESTORE)
-        elif pg is None:
-            finding = Finding(document_path(rules, doc, key), FindingKind.MISSING_IN_POSTGRES)
-        else:
-            fields = diff_records(shape, pg, fs, rules.compare)
-            finding = Finding(document_path(rules, doc, key), FindingKind.MISMATCH, fields) if fields else None
+        finding = settle.finding_for(rules, doc, shape, key, pg, fs)
         tally.add(finding, field_prefix)
         if finding is not None and len(tally.drifts) < tally.max_drifts:
             tally.drifts.append(Drift(doc, key, finding, pg, fs_doc, fs))
+        if finding is not None and len(tally.pending) < reread_at_most:
+            tally.pending.append((doc, key, finding))
         if n % 1000 == 0:
             progress(rules.entity, doc.collection, n, tally.drifted)
     progress(rules.entity, doc.collection, n, tally.drifted)

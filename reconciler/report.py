@@ -36,7 +36,8 @@ TEMPLATE_DIRS = (
     Path(__file__).resolve().parent.parent / "reports" / "templates",
 )
 
-COUNT_KEYS = ("postgres", "firestore", "matched", "mismatched", "missing_in_firestore", "missing_in_postgres")
+COUNT_KEYS = ("postgres", "firestore", "matched", "mismatched", "missing_in_firestore", "missing_in_postgres",
+              "in_flight")
 DRIFT_KEYS = ("mismatched", "missing_in_firestore", "missing_in_postgres")
 TOP_FIELDS = 20
 LABEL_MAX = 44  # characters of a chart label before it is shortened (the full text is in the bar's tooltip)

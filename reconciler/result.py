@@ -66,6 +66,7 @@ class Counts:
     mismatched: int = 0
     missing_in_firestore: int = 0
     missing_in_postgres: int = 0
+    in_flight: int = 0  # differed, but were being written during the run (see settle.py): not drift yet
 
     @property
     def drifted(self) -> int:

@@ -9,6 +9,7 @@ document (embeds) are streamed in the same order and grouped to their parent as 
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any, Iterator
 
@@ -42,10 +43,13 @@ def connect(dsn: str, *, application_name: str = "reconciler") -> psycopg.Connec
     return conn
 
 
-def begin_snapshot(conn: psycopg.Connection) -> None:
-    """One REPEATABLE READ READ ONLY transaction: every stream of the run reads the same instant."""
+def begin_snapshot(conn: psycopg.Connection) -> dt.datetime:
+    """One REPEATABLE READ READ ONLY transaction: every stream of the run reads the same instant, which is
+    returned (the snapshot is taken by the transaction's first statement, which reads the clock: Firestore
+    is read as of that instant)."""
     conn.rollback()
     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    return conn.execute("SELECT clock_timestamp()").fetchone()[0]
 
 
 def fetch_schema(conn: psycopg.Connection, tables: tuple[str, ...]) -> Schema:
