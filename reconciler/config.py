@@ -22,6 +22,7 @@ DEFAULT_CONFIG = Path("config/reconciler.toml")
 class PostgresSettings:
     dsn: str = field(default="", repr=False)  # empty: libpq's own PG* variables (PGHOST, PGUSER, PGPASSWORD...)
     itersize: int = 2000  # rows per server-side cursor round trip
+    reconnects: int = 3  # a lost connection: reconnect and audit the entity again, at most this many times
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class Settings:
 
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "postgres": {"dsn": str, "itersize": int},
+    "postgres": {"dsn": str, "itersize": int, "reconnects": int},
     "firestore": {"project": str, "page_size": int, "timeout_s": (int, float)},
     "audit": {"rules_dir": str, "entities": list, "max_findings": int, "report_dir": str,
               "settle_s": (int, float), "recent_s": (int, float)},

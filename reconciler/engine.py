@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from reconciler import settle
+from reconciler import backoff, settle
 from reconciler.config import Settings
 from reconciler.errors import RulesError, RuntimeFailure
 from reconciler.keys import Key, Scope, id_sort_key, merge_join
@@ -253,8 +253,10 @@ def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ..
         results = []
         for rules in rules_list:
             try:
-                scope = Scope(ids=ids) if ids else (limit_scope(rules, sides, limit) if limit else Scope())
-                results.append(audit_entity(rules, sides, settings, scope, progress, repair, run_id))
+                result, sides = _with_reconnects(settings, sides, lambda s: audit_entity(
+                    rules, s, settings, Scope(ids=ids) if ids else (limit_scope(rules, s, limit) if limit else Scope()),
+                    progress, repair, run_id))
+                results.append(result)
             except RuntimeFailure as exc:
                 results.append(EntityResult(entity=rules.entity, source_of_truth=rules.source_of_truth,
                                             counts=Counts(), findings=(), findings_truncated=False, error=str(exc)))
@@ -262,6 +264,22 @@ def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ..
         sides.pg.close()
     return RunResult(run_id=run_id, mode="repair" if repair else "audit", started_at=started,
                      finished_at=dt.datetime.now(dt.timezone.utc), entities=tuple(results))
+
+
+def _with_reconnects(settings: Settings, sides: Sides, fn: Callable[[Sides], T]) -> tuple[T, Sides]:
+    """fn(sides); when the Postgres connection was lost under it (a restart, pg_terminate_backend, the
+    network), reconnect after a backoff and run fn again from the start: a fresh snapshot, a fresh tally, so
+    no record is skipped or counted twice (a repair re-audits first, so what it already wrote is matched)."""
+    for attempt in range(1, settings.postgres.reconnects + 2):
+        try:
+            return fn(sides), sides
+        except Exception:
+            if not pg_source.lost(sides.pg) or attempt > settings.postgres.reconnects:
+                raise
+        sides.pg.close()
+        time.sleep(backoff.delay(attempt))
+        sides = replace(sides, pg=pg_source.connect(settings.postgres.dsn))
+    raise AssertionError("unreachable")
 
 
 def live_schema(settings: Settings, tables: Iterable[str]) -> dict[str, dict[str, str]]:

@@ -21,6 +21,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from google.protobuf.timestamp_pb2 import Timestamp
 from proto.datetime_helpers import DatetimeWithNanoseconds
 
+from reconciler import backoff
 from reconciler.errors import RuntimeFailure
 from reconciler.keys import Key, Scope
 from reconciler.rules.model import DocumentSpec
@@ -171,7 +172,7 @@ class FirestoreReader:
                     attempt += 1
                     if attempt > self.retries:
                         raise RuntimeFailure(f"firestore: {_one_line(exc)} (after {self.retries} retries)") from None
-                    time.sleep(min(30.0, 0.5 * 2 ** attempt))
+                    time.sleep(backoff.delay(attempt))
                 except gexc.GoogleAPICallError as exc:
                     raise RuntimeFailure(f"firestore: {_one_line(exc)}") from None
             if got < self.page_size:
@@ -185,7 +186,7 @@ class FirestoreReader:
             except TRANSIENT as exc:
                 if attempt == self.retries:
                     raise RuntimeFailure(f"firestore: {_one_line(exc)} (after {self.retries} retries)") from None
-                time.sleep(min(30.0, 0.5 * 2 ** (attempt + 1)))
+                time.sleep(backoff.delay(attempt + 1))
             except passthrough:
                 raise
             except gexc.GoogleAPICallError as exc:

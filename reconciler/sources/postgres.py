@@ -43,6 +43,11 @@ def connect(dsn: str, *, application_name: str = "reconciler") -> psycopg.Connec
     return conn
 
 
+def lost(conn: psycopg.Connection) -> bool:
+    """Whether the connection is gone (server restart, pg_terminate_backend, network): worth a reconnect."""
+    return conn.closed or conn.broken
+
+
 def begin_snapshot(conn: psycopg.Connection) -> dt.datetime:
     """One REPEATABLE READ READ ONLY transaction: every stream of the run reads the same instant, which is
     returned (the snapshot is taken by the transaction's first statement, which reads the clock: Firestore
