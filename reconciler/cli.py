@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import click
 
-from reconciler import engine
+from reconciler import engine, stop
 from reconciler.config import Settings, load_settings
 from reconciler.errors import ReconcilerError, UsageError
 from reconciler.redact import dsn_password, scrub
@@ -245,7 +245,8 @@ def _audit(ctx: click.Context, entities: tuple[str, ...], all_entities: bool, re
     if all_entities:
         names += settings.entities or sorted(p.stem for p in settings.rules_dir.glob("*.yaml"))
     show = _Progress(sys.stderr.isatty() if progress is None else progress)
-    result = engine.run_audit(settings, names, ids=_split_ids(ids), limit=limit, progress=show, repair=repair)
+    with stop.on_sigterm():
+        result = engine.run_audit(settings, names, ids=_split_ids(ids), limit=limit, progress=show, repair=repair)
     show.done()
     _say(_summary(result))
     if settings.report_dir is not None:
@@ -253,6 +254,10 @@ def _audit(ctx: click.Context, entities: tuple[str, ...], all_entities: bool, re
 
         paths = write_reports(result, settings.report_dir, secrets=_SECRETS)
         _say(f"report: {paths.html}\n        {paths.json}")
+    if stop.requested():
+        _say("reconcile: stopped by SIGTERM: the writes listed as interrupted were not made; run again to finish",
+             err=True)
+        return stop.EXIT_CODE
     if result.failed:
         return EXIT_FAILURE
     return EXIT_DRIFT if result.drift_left else EXIT_OK

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from reconciler import backoff, settle
+from reconciler import backoff, settle, stop
 from reconciler.config import Settings
 from reconciler.errors import RulesError, RuntimeFailure
 from reconciler.keys import Key, Scope, id_sort_key, merge_join
@@ -195,6 +195,7 @@ def _audit_documents(rules: EntityRules, doc: DocumentSpec, pg_reader: pg_source
             tally.pending.append((doc, key, finding))
         if n % 1000 == 0:
             progress(rules.entity, doc.collection, n, tally.drifted)
+            stop.check(f"while auditing {rules.entity}")
     progress(rules.entity, doc.collection, n, tally.drifted)
 
 

@@ -31,6 +31,7 @@ import psycopg
 from google.cloud import firestore
 from google.cloud.firestore_v1.field_path import FieldPath
 
+from reconciler import stop
 from reconciler.config import Settings
 from reconciler.diff import node_differs
 from reconciler.errors import MissingPrivileges, RuntimeFailure
@@ -121,11 +122,16 @@ def repair_entity(rules: EntityRules, sides: Sides, settings: Settings, drifts: 
     if options.apply:
         writer = _Applier(rules, sides, settings, run_id)
         for batch in _batches(_apply_order(p for p in plans if p.writes), settings.repair.batch_size):
+            if stop.requested():  # between batches: every record is applied whole (and logged) or not at all
+                break
             repairs.update(writer.apply(batch))
     for p in plans:
         if p.drift.finding.key not in repairs:
             status = RepairStatus.SKIPPED
-            reason = p.reason or ("dry run: not applied (use --apply)" if p.writes else "nothing to write")
+            if options.apply and p.writes and not p.reason:
+                reason = "interrupted: stopped by SIGTERM before this record was written"
+            else:
+                reason = p.reason or ("dry run: not applied (use --apply)" if p.writes else "nothing to write")
             repairs[p.drift.finding.key] = Repair(p.action, status, reason, p.shown)
     statuses = [r.status for r in repairs.values()]
     done, failed = statuses.count(RepairStatus.APPLIED), statuses.count(RepairStatus.FAILED)

@@ -52,3 +52,65 @@ def test_postgres_backend_terminated_mid_stream(customers_loaded, fs_client, pg_
         killer.join(timeout=10)
     assert killed, "the backend was never terminated: nothing was tested"
     assert interrupted == uninterrupted
+
+
+def test_sigterm_during_repair_apply_leaves_no_half_applied_record(customers_loaded, fs_client, pg_dsn, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from reconciler.repair import LOG_TABLE
+
+    settings, people = customers_loaded
+    root = Path(__file__).parents[1]
+    col = fs_client.collection("customers")
+    drifted = [p for p in people if p.document.get("metrics")][:20]
+    truth = {p.id: (p.document.get("lastName"), p.document["metrics"].get("totalOrders")) for p in drifted}
+    for p in drifted:  # two fields per record: a half-applied repair would fix one and not the other
+        col.document(p.id).update({"lastName": "Wrong", "metrics.totalOrders": -1})
+    config = tmp_path / "reconciler.toml"
+    config.write_text(f'[audit]\nrules_dir = "{root / "rules"}"\n[repair]\nbatch_size = 1\nmax_drift_ratio = 1.0\n')
+    cmd = [sys.executable, "-m", "reconciler.cli", "--config", str(config), "--entity", "customers", "--repair",
+           "--apply", "--report-dir", str(tmp_path / "out")]
+    env = {**os.environ, "RECONCILER_PG_DSN": pg_dsn}
+    proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def logged() -> int:
+        with psycopg.connect(pg_dsn) as conn:
+            if not conn.execute("SELECT to_regclass(%s)", [LOG_TABLE]).fetchone()[0]:
+                return 0
+            return conn.execute(f"SELECT count(*) FROM {LOG_TABLE}").fetchone()[0]
+
+    deadline = time.monotonic() + 120
+    while logged() < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, (out, err)
+    assert "stopped by SIGTERM" in err
+
+    def state() -> tuple[set[str], set[str]]:
+        fixed, untouched = set(), set()
+        for p in drifted:
+            d = col.document(p.id).get().to_dict()
+            now = (d.get("lastName"), d["metrics"].get("totalOrders"))
+            if now == truth[p.id]:
+                fixed.add(p.id)
+            else:
+                assert now == ("Wrong", -1), (p.id, now)  # never one field repaired and the other not
+                untouched.add(p.id)
+        return fixed, untouched
+
+    fixed, untouched = state()
+    assert fixed and untouched, "the SIGTERM did not land in the middle of the repair: nothing was tested"
+    with psycopg.connect(pg_dsn) as conn:
+        rows = conn.execute(f"SELECT entity_id, firestore_status FROM {LOG_TABLE}").fetchall()
+    assert sorted(rows) == sorted((f"customers/{i}", "applied") for i in fixed)  # each applied write logged once
+
+    # run again: the rest is repaired, and the end state is that of an uninterrupted run
+    again = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, (again.stdout, again.stderr)
+    assert state() == (set(truth), set())
+    assert not run_audit(settings, ["customers"]).has_drift
