@@ -114,3 +114,95 @@ def test_sigterm_during_repair_apply_leaves_no_half_applied_record(customers_loa
     assert again.returncode == 0, (again.stdout, again.stderr)
     assert state() == (set(truth), set())
     assert not run_audit(settings, ["customers"]).has_drift
+
+
+class _CuttingProxy:
+    """A TCP proxy in front of the Firestore emulator that, once `after_bytes` have come back from it, cuts
+    every connection and refuses new ones for `down_s` seconds: the emulator going away in the middle of a
+    sweep, as the client sees it (the emulator keeps its data in memory, so the real process is not stopped)."""
+
+    def __init__(self, upstream: str, after_bytes: int, down_s: float) -> None:
+        import socket
+
+        self.upstream = upstream.rsplit(":", 1)
+        self.after_bytes, self.down_s = after_bytes, down_s
+        self.received, self.cuts, self.refused = 0, 0, 0
+        self.down_until = 0.0
+        self.lock = threading.Lock()
+        self.conns: list = []
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.host = f"127.0.0.1:{self.server.getsockname()[1]}"
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while not self.closed:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if time.monotonic() < self.down_until:
+                self.refused += 1
+                client.close()
+                continue
+            up = socket.create_connection((self.upstream[0], int(self.upstream[1])))
+            with self.lock:
+                self.conns += [client, up]
+            threading.Thread(target=self._pump, args=(client, up, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(up, client, True), daemon=True).start()
+
+    def _pump(self, src, dst, from_server: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+                if from_server:
+                    with self.lock:
+                        self.received += len(data)
+                        cut = self.cuts == 0 and self.received >= self.after_bytes
+                        if cut:
+                            self.cuts += 1
+                    if cut:
+                        self._cut()
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def _cut(self) -> None:
+        import socket
+
+        self.down_until = time.monotonic() + self.down_s
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.closed = True
+        self.server.close()
+        self._cut()
+
+
+def test_firestore_connections_cut_mid_sweep(customers_loaded, fs_client, pg_dsn, firestore_emulator, monkeypatch):
+    settings, people = customers_loaded
+    _drift(people, fs_client, pg_dsn)
+    uninterrupted = _summary(run_audit(settings, ["customers"]))
+    proxy = _CuttingProxy(firestore_emulator.host, after_bytes=40_000, down_s=2.0)
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", proxy.host)
+    small_pages = dataclasses.replace(settings, firestore=dataclasses.replace(settings.firestore, page_size=4))
+    try:
+        interrupted = _summary(run_audit(small_pages, ["customers"]))
+    finally:
+        proxy.close()
+    assert proxy.cuts == 1 and proxy.refused > 0, "the connection was never cut: nothing was tested"
+    assert proxy.received > 100_000  # the sweep went on after the cut
+    assert interrupted == uninterrupted
