@@ -5,6 +5,7 @@ Exit codes: 0 no drift, 1 drift found, 2 usage/config/rules error, 3 runtime fai
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import sys
@@ -18,9 +19,10 @@ import click
 from reconciler import engine, stop
 from reconciler.config import Settings, load_settings
 from reconciler.errors import ReconcilerError, UsageError
-from reconciler.redact import dsn_password, scrub
+from reconciler.redact import LogFilter, dsn_password, scrub
 from reconciler.repair import Options as RepairOptions
 from reconciler.result import EntityResult, RepairStatus, RunResult
+from reconciler.rules.naming import CONVENTIONS
 
 EXIT_OK, EXIT_DRIFT, EXIT_USAGE, EXIT_FAILURE = 0, 1, 2, 3
 
@@ -193,15 +195,19 @@ def main(ctx: click.Context, config: Path | None, entities: tuple[str, ...], all
 
     \b
     Examples:
-      reconcile --entity customers                    audit one entity
+      reconcile --entity ENTITY                       audit one entity (rules: RULES_DIR/ENTITY.yaml)
       reconcile --all --report-dir out/               every enabled entity, JSON + HTML report
-      reconcile --entity customers --limit 100        a quick look at the first 100 customers
-      reconcile --entity customers --ids ID1,ID2      just these records (incident triage)
-      reconcile --entity customers --repair           list the writes a repair would make
-      reconcile --entity customers --repair --apply   make them (toward the side that is not the truth)
-      reconcile rules check --entity customers        validate rules against the live schema
+      reconcile --entity ENTITY --limit 100           a quick look at the first 100 records
+      reconcile --entity ENTITY --ids ID1,ID2         just these records (incident triage)
+      reconcile --entity ENTITY --repair              list the writes a repair would make
+      reconcile --entity ENTITY --repair --apply      make them (toward the side that is not the truth)
+      reconcile rules check --entity ENTITY           validate rules against the live schema
+      reconcile rules new --table T --collection C    start a rules file from the live schema and documents
+      reconcile explain --entity ENTITY ID            one record on both sides, and since when it drifts
+      reconcile run-once                              the nightly job: audit, reports, history
+      reconcile serve                                 run the configured schedules
+      reconcile history --entity ENTITY               the drift trend, one line per run
 
-    \b
     \b
     Repair writes only to the side that is not the entity's source of truth, only the fields the rules
     map, and skips a record that changed since it was read. It refuses an entity when more than
@@ -289,6 +295,211 @@ def _rules_check(ctx: click.Context, entities: tuple[str, ...], offline: bool) -
         n = sum(len(d.columns) + len(d.geopoints) + sum(len(e.columns) for e in d.embeds) for d in r.documents)
         _say(f"{r.file}: ok ({r.entity}: {n} mapped columns, {len(r.subcollections)} subcollections"
                    f"{', checked against the live schema' if not offline else ''})")
+    return EXIT_OK
+
+
+@rules.command("new")
+@click.option("--table", required=True, metavar="TABLE", help="The Postgres table (its live columns are read).")
+@click.option("--collection", required=True, metavar="COLLECTION", help="The Firestore collection (a sample is read).")
+@click.option("--key", metavar="COLUMN", help="The column whose text is the document ID [default: id].")
+@click.option("--naming", type=click.Choice(sorted(CONVENTIONS)),
+              help="Column -> field naming [default: the one that matches more columns].")
+@click.option("--entity", metavar="NAME", help="The entity's name [default: the collection's].")
+@click.option("--sample", type=click.IntRange(min=1), default=50, show_default=True, help="Documents to read.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the file here (never over an existing "
+                                                                      "file) [default: standard output].")
+@click.pass_context
+def rules_new(ctx: click.Context, **options: Any) -> None:
+    """Write a starting rules file for a table and a collection, from the live schema and sample documents.
+
+    \b
+    Columns are matched to document fields by the naming convention (and flattened maps: billing_city <->
+    billing.city), types are guessed from the documents (money as strings, ISO timestamps), and whatever
+    could not be decided is listed as comments: unmatched columns, unmatched fields, TODO lines.
+
+    \b
+    Examples:
+      reconcile rules new --table T --collection C -o rules/ENTITY.yaml
+      reconcile rules new --table T --collection C --key COLUMN --naming identity
+    """
+    _guard(_rules_new)(ctx, **options)
+
+
+def _rules_new(ctx: click.Context, table: str, collection: str, key: str | None, naming: str | None,
+               entity: str | None, sample: int, output: Path | None) -> int:
+    if output is not None and output.exists():
+        raise UsageError(f"{output} exists; rules new never overwrites a file (remove it or choose another -o)")
+    text = engine.scaffold_rules(_settings(ctx), table=table, collection=collection, key=key, naming=naming,
+                                 entity=entity, sample=sample)
+    if output is None:
+        _say(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        _say(f"{output}: written; review it, then: reconcile rules check --entity {entity or collection}",
+                   err=True)
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------ operations
+
+
+@main.command("run-once")
+@click.option("--entity", "entities", multiple=True, metavar="NAME",
+              help="Run only this entity (repeatable) [default: audit.entities, like --all].")
+@click.pass_context
+def run_once(ctx: click.Context, entities: tuple[str, ...]) -> None:
+    """What a cron container runs: audit every record, write the reports, record the run in the history.
+
+    \b
+    Examples:
+      reconcile run-once                         every entity in audit.entities
+      reconcile run-once --entity ENTITY         just this one
+      reconcile --config /etc/reconciler.toml run-once
+
+    \b
+    Reports go to audit.report_dir (RECONCILER_REPORT_DIR), the history to history.dsn (default: postgres.dsn).
+    Exit codes: 0 no drift, 1 drift, 2 usage/config/rules error, 3 runtime failure (unreachable database,
+    report or history not written).
+    """
+    _guard(_run_once)(ctx, entities)
+
+
+def _run_once(ctx: click.Context, entities: tuple[str, ...]) -> int:
+    from reconciler.runner import job_entities, run_job
+
+    settings = _settings(ctx)
+    show = _Progress(sys.stderr.isatty())
+    result = run_job(settings, job_entities(settings, entities), progress=show)
+    show.done()
+    _say(_summary(result))
+    if result.failed:
+        return EXIT_FAILURE
+    return EXIT_DRIFT if result.drift_left else EXIT_OK
+
+
+@main.command()
+@click.pass_context
+def serve(ctx: click.Context) -> None:
+    """Run the [[schedule.jobs]] of the config until SIGTERM (or Ctrl-C).
+
+    \b
+    Each job is a cron expression (5 fields, or 6 with seconds first) in its time zone and the entities it
+    audits; runs of the same entity never overlap. With run_missed = true a job whose scheduled run was
+    missed (per the history) runs once at start-up. SIGTERM lets the running job finish, then exits 0.
+
+    \b
+    Example config:
+      [[schedule.jobs]]
+      name = "nightly"
+      cron = "0 2 * * *"
+      timezone = "Europe/Berlin"
+      entities = ["ENTITY"]
+      run_missed = true
+    """
+    _guard(_serve)(ctx)
+
+
+def _serve(ctx: click.Context) -> int:
+    import logging
+
+    from reconciler.schedule import serve as serve_schedules
+
+    settings = _settings(ctx)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # the log leaves the machine too: no passwords in it
+        handler.addFilter(LogFilter(_SECRETS))
+    serve_schedules(settings)
+    return EXIT_OK
+
+
+@main.command()
+@click.option("--entity", required=True, metavar="NAME", help="The entity whose runs to show.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="The last N runs.")
+@click.pass_context
+def history(ctx: click.Context, entity: str, limit: int) -> None:
+    """The trend of an entity: one line per recorded run, oldest first.
+
+    \b
+    Example:
+      reconcile history --entity ENTITY --limit 30
+    """
+    _guard(_history)(ctx, entity, limit)
+
+
+def _history(ctx: click.Context, entity: str, limit: int) -> int:
+    from reconciler.history import History
+
+    settings = _settings(ctx)
+    if not settings.history.enabled:
+        raise UsageError("history is disabled in the config ([history] enabled = false)")
+    with History.open(settings) as h:
+        runs = h.trend(entity, limit)
+    if not runs:
+        _say(f"no recorded runs of {entity}")
+        return EXIT_OK
+    _say(f"{'started (UTC)':<19}  {'run':<12}  {'job':<12}  {'postgres':>9}  {'firestore':>9}  {'matched':>9}  "
+               f"{'drifted':>8}  {'duration':>8}  outcome")
+    for r in runs:
+        c = r.counts
+        outcome = f"failed: {r.error}" if r.error else r.outcome
+        _say(f"{r.started_at.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S}  {r.run_id:<12}  {r.job[:12]:<12}  "
+                   f"{c.postgres:>9,}  {c.firestore:>9,}  {c.matched:>9,}  {r.drifted:>8,}  {r.duration_s:>6.1f} s  "
+                   f"{outcome}")
+    return EXIT_OK
+
+
+@main.command()
+@click.option("--entity", required=True, metavar="NAME", help="The entity the record belongs to.")
+@click.argument("doc_id", metavar="ID")
+@click.pass_context
+def explain(ctx: click.Context, entity: str, doc_id: str) -> None:
+    """Show one record on both sides: Postgres rows, Firestore document, both canonical, the differences,
+    and since when it drifts (history). Reads only this record and its subcollection documents.
+
+    \b
+    Example:
+      reconcile explain --entity ENTITY 6f1c2a4e-0b5d-4c7e-9a33-1f0e2d3c4b5a
+
+    \b
+    Exit codes: 0 in sync, 1 drift, 2 usage/config/rules error, 3 runtime failure.
+    """
+    _guard(_explain)(ctx, entity, doc_id)
+
+
+def _explain(ctx: click.Context, entity: str, doc_id: str) -> int:
+    from reconciler.explain import explain as explain_record, render
+
+    found = explain_record(_settings(ctx), entity, doc_id)
+    _say(render(found))
+    return EXIT_DRIFT if found.drifted else EXIT_OK
+
+
+@main.command("init-db")
+@click.pass_context
+def init_db(ctx: click.Context) -> None:
+    """Create our own tables: the run history (in history.dsn) and the repair audit trail (postgres.dsn).
+    Both are also created on first use; this is for a deployment step run with more rights."""
+    _guard(_init_db)(ctx)
+
+
+def _init_db(ctx: click.Context) -> int:
+    from reconciler.history import History
+    from reconciler.repair import ensure_log
+    from reconciler.sources.postgres import connect
+
+    settings = _settings(ctx)
+    if settings.history.enabled:
+        with History.open(settings) as h:
+            h.ensure_schema()
+        _say("history tables: ready (reconciler_runs, reconciler_run_entities, reconciler_findings)")
+    conn = connect(settings.postgres.dsn)
+    try:
+        ensure_log(conn)
+    finally:
+        conn.close()
+    _say("repair audit table: ready (reconciler_repairs)")
     return EXIT_OK
 
 

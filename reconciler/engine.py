@@ -19,13 +19,14 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from reconciler import backoff, settle, stop
 from reconciler.config import Settings
-from reconciler.errors import RulesError, RuntimeFailure
+from reconciler.errors import ReconcilerError, RulesError, RuntimeFailure, UsageError
 from reconciler.keys import Key, Scope, id_sort_key, merge_join
 from reconciler.mapping import FirestoreMapper, PostgresMapper, shape_of
 from reconciler.repair import Drift, Options, check_privileges, repair_entity
 from reconciler.result import Counts, EntityResult, Finding, FindingKind, RunResult
 from reconciler.rules import EntityRules, load_entity
 from reconciler.rules.model import DocumentSpec
+from reconciler.rules.scaffold import new_rules
 from reconciler.rules.schema_check import check_against_schema
 from reconciler.sources import Sides
 from reconciler.sources import firestore as fs_source
@@ -35,7 +36,7 @@ T = TypeVar("T")
 Progress = Callable[[str, str, int, int], None]  # (entity, collection, records so far, drifted so far)
 
 
-def _no_progress(entity: str, collection: str, records: int, drifted: int) -> None:
+def no_progress(entity: str, collection: str, records: int, drifted: int) -> None:
     pass
 
 
@@ -140,7 +141,7 @@ def _count_key(finding: Finding) -> str:
 
 
 def audit_entity(rules: EntityRules, sides: Sides, settings: Settings, scope: Scope,
-                 progress: Progress = _no_progress, repair: Options | None = None,
+                 progress: Progress = no_progress, repair: Options | None = None,
                  run_id: str = "") -> EntityResult:
     """Audit one entity; with `repair`, then plan (and apply) the repair of what differs."""
     started = time.monotonic()
@@ -178,9 +179,9 @@ def _audit_documents(rules: EntityRules, doc: DocumentSpec, pg_reader: pg_source
     reread_at_most = max(tally.max_findings, tally.max_drifts)
     pg_records = ((k, pg_map.record(*raw)) for k, raw in pg_reader.stream(doc, scope))
     # the raw document rides along: repair keeps it (and its update time) for drifted records only
-    fs_records = ((k, (fs_map.record(d.fields), d)) for k, d in fs_reader.stream(doc, scope, rules.root.collection))
+    fs_records = ((k, (fs_map.record(d.fields), d)) for k, d in fs_reader.stream(doc, scope, rules.top_collection))
     n = 0
-    field_prefix = "" if doc.parent is None else f"{doc.collection}/"  # "ipAddresses/isp.name" in per-field counts
+    field_prefix = "" if doc.parent is None else f"{doc.collection}/"  # "<subcollection>/<field.path>" in per-field counts
     for key, pg, fs_pair in merge_join(prefetch(pg_records, name="postgres"), prefetch(fs_records, name="firestore"),
                                        entity=rules.entity):
         n += 1
@@ -234,33 +235,53 @@ def limit_scope(rules: EntityRules, sides: Sides, limit: int) -> Scope:
         pg_keys = [k for k, _ in islice(pg_reader.stream(doc, Scope()), limit)]
     finally:
         sides.pg.rollback()
-    fs_keys = [k for k, _ in islice(fs_reader.stream(doc, Scope(), doc.collection), limit)]
+    fs_keys = [k for k, _ in islice(fs_reader.stream(doc, Scope(), rules.top_collection), limit)]
     lasts = [keys[-1][0] for keys in (pg_keys, fs_keys) if len(keys) == limit]
     return Scope(upper=min(lasts, key=id_sort_key)) if lasts else Scope()
 
 
 def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ...] | None = None,
-              limit: int | None = None, progress: Progress = _no_progress, repair: Options | None = None) -> RunResult:
-    """Audit (and with `repair`, repair) each entity; a runtime failure of one entity is recorded in its
-    result and the others go on."""
+              limit: int | None = None, progress: Progress = no_progress, repair: Options | None = None) -> RunResult:
+    """Audit (and with `repair`, repair) each entity. A failure of one entity (its rules file, the tables or
+    columns it names, or a runtime failure) is recorded in its result and the others go on; only when no
+    entity's rules hold up does the rules error itself stop the run."""
     started = dt.datetime.now(dt.timezone.utc)
     run_id = uuid.uuid4().hex[:12]
-    rules_list = load_rules(settings, entities)
+    names = list(dict.fromkeys(entities))
+    failures: dict[str, ReconcilerError] = {}
+    rules_list = []
+    for name in names:
+        try:
+            rules_list.append(load_entity(settings.rules_dir, name))
+        except RulesError as exc:
+            failures[name] = exc
+    if not rules_list:
+        raise _first_error(failures)
     sides = open_sides(settings, [t for r in rules_list for t in r.tables()])
     try:
-        check_rules(rules_list, sides.schema)
-        if repair is not None and repair.apply:
-            check_privileges(rules_list, sides)  # before auditing: a refusal costs nothing and writes nothing
-        results = []
         for rules in rules_list:
+            try:
+                check_rules([rules], sides.schema)
+            except RulesError as exc:
+                failures[rules.entity] = exc
+        if len(failures) == len(names):
+            raise _first_error(failures)
+        if repair is not None and repair.apply:  # before auditing: a refusal costs nothing and writes nothing
+            check_privileges([r for r in rules_list if r.entity not in failures], sides)
+        by_name = {r.entity: r for r in rules_list}
+        results = []
+        for name in names:
+            rules = by_name.get(name)
+            if name in failures or rules is None:
+                results.append(_failed(name, rules, f"rules: {failures[name]}"))
+                continue
             try:
                 result, sides = _with_reconnects(settings, sides, lambda s: audit_entity(
                     rules, s, settings, Scope(ids=ids) if ids else (limit_scope(rules, s, limit) if limit else Scope()),
                     progress, repair, run_id))
                 results.append(result)
             except RuntimeFailure as exc:
-                results.append(EntityResult(entity=rules.entity, source_of_truth=rules.source_of_truth,
-                                            counts=Counts(), findings=(), findings_truncated=False, error=str(exc)))
+                results.append(_failed(name, rules, str(exc)))
     finally:
         sides.pg.close()
     return RunResult(run_id=run_id, mode="repair" if repair else "audit", started_at=started,
@@ -283,9 +304,37 @@ def _with_reconnects(settings: Settings, sides: Sides, fn: Callable[[Sides], T])
     raise AssertionError("unreachable")
 
 
+def _failed(name: str, rules: EntityRules | None, error: str) -> EntityResult:
+    return EntityResult(entity=name, source_of_truth=rules.source_of_truth if rules else "unknown", counts=Counts(),
+                        findings=(), findings_truncated=False, error=error)
+
+
+def _first_error(failures: dict[str, ReconcilerError]) -> ReconcilerError:
+    """Every entity failed before it was read: one entity's error as it is, several as one rules error."""
+    if len(failures) == 1:
+        return next(iter(failures.values()))
+    return RulesError("no entity's rules hold up:\n  " + "\n  ".join(f"{n}: {e}" for n, e in failures.items()))
+
+
 def live_schema(settings: Settings, tables: Iterable[str]) -> dict[str, dict[str, str]]:
     conn = pg_source.connect(settings.postgres.dsn)
     try:
         return pg_source.fetch_schema(conn, tuple(tables))
     finally:
         conn.close()
+
+
+def scaffold_rules(settings: Settings, *, table: str, collection: str, key: str | None = None,
+                   naming: str | None = None, entity: str | None = None, sample: int = 50) -> str:
+    """A starting rules file for `table` <-> `collection`, from the live columns and the first `sample` documents."""
+    columns = live_schema(settings, [table]).get(table)
+    if not columns:
+        raise UsageError(f"table {table!r} does not exist in the database's current schema")
+    if key is not None and key not in columns:
+        raise UsageError(f"--key {key!r} is not a column of {table} (columns: {', '.join(columns)})")
+    reader = fs_source.FirestoreReader(fs_source.connect(settings.firestore.project), timeout=settings.firestore.timeout_s)
+    documents = reader.sample(collection, sample)
+    if not documents:
+        raise UsageError(f"collection {collection!r} has no documents to learn the fields from")
+    return new_rules(entity=entity or collection, table=table, collection=collection, columns=columns,
+                     documents=documents, key=key, naming=naming)

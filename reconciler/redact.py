@@ -61,3 +61,21 @@ def scrub_data(value: Any, secrets: Iterable[str | None]) -> Any:
     if isinstance(value, list):
         return [scrub_data(v, secrets) for v in value]
     return value
+
+
+class LogFilter:
+    """A logging filter (put it on handlers) that scrubs the secrets from every formatted message."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self.secrets = tuple(s for s in secrets if s)
+
+    def filter(self, record: Any) -> bool:
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:  # tracebacks are formatted later: format (and scrub) now
+            import logging
+
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        record.msg, record.args = scrub(message, self.secrets), ()
+        if record.exc_text:
+            record.exc_text = scrub(record.exc_text, self.secrets)
+        return True

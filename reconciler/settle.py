@@ -29,7 +29,7 @@ from reconciler.sources import postgres as pg_source
 def document_path(rules: EntityRules, doc: DocumentSpec, key: Key) -> str:
     if doc.parent is None:
         return f"{doc.collection}/{key[0]}"
-    return f"{rules.root.collection}/{key[0]}/{doc.collection}/{key[1]}"
+    return f"{rules.top_collection}/{key[0]}/{doc.collection}/{key[1]}"
 
 
 def finding_for(rules: EntityRules, doc: DocumentSpec, shape: Branch, key: Key, pg: dict[str, Any] | None,
@@ -79,7 +79,7 @@ def _reread_doc(rules: EntityRules, doc: DocumentSpec, keys: list[Key], pg_reade
     scope = Scope(ids=tuple(sorted({k[0] for k in wanted})))
     pg_map, fs_map, shape = PostgresMapper(doc, rules.compare), FirestoreMapper(doc, rules.compare), shape_of(doc)
     pg = {k: pg_map.record(*raw) for k, raw in pg_reader.stream(doc, scope) if k in wanted}
-    fs = {k: d for k, d in fs_reader.stream(doc, scope, rules.root.collection) if k in wanted}
+    fs = {k: d for k, d in fs_reader.stream(doc, scope, rules.top_collection) if k in wanted}
     out = {}
     for key in keys:
         fs_doc = fs.get(key)
