@@ -185,6 +185,9 @@ def _split_ids(values: tuple[str, ...]) -> tuple[str, ...] | None:
               help="With --repair: repair at most N records per entity [config repair.max_repairs, 1000].")
 @click.option("--force", is_flag=True,
               help="With --repair: repair even when more records differ than repair.max_drift_ratio allows.")
+@click.option("--resume", metavar="RUN_ID",
+              help="Continue the audit run RUN_ID from its checkpoints (audit.checkpoint_every) instead of "
+                   "starting over; give the same entities.")
 @click.option("--progress/--no-progress", default=None, help="Progress line on stderr [default: when it is a terminal].")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.pass_context
@@ -252,7 +255,8 @@ def _audit(ctx: click.Context, entities: tuple[str, ...], all_entities: bool, re
         names += settings.entities or sorted(p.stem for p in settings.rules_dir.glob("*.yaml"))
     show = _Progress(sys.stderr.isatty() if progress is None else progress)
     with stop.on_sigterm():
-        result = engine.run_audit(settings, names, ids=_split_ids(ids), limit=limit, progress=show, repair=repair)
+        result = engine.run_audit(settings, names, ids=_split_ids(ids), limit=limit, progress=show, repair=repair,
+                                  resume=ctx.params.get("resume"))
     show.done()
     _say(_summary(result))
     if settings.report_dir is not None:
@@ -265,6 +269,8 @@ def _audit(ctx: click.Context, entities: tuple[str, ...], all_entities: bool, re
              err=True)
         return stop.EXIT_CODE
     if result.failed:
+        if settings.checkpoint_every and repair is None and not ids and not limit:
+            _say(f"reconcile: run {result.run_id} failed; continue it with --resume {result.run_id}", err=True)
         return EXIT_FAILURE
     return EXIT_DRIFT if result.drift_left else EXIT_OK
 

@@ -69,6 +69,7 @@ class Settings:
     max_findings: int = 1000  # findings kept per entity in the report (counts always cover everything)
     settle_s: float = 0.0  # wait this long, then read every differing record again before calling it drift
     recent_s: float = 0.0  # a record still differing whose Firestore document changed this recently is in flight
+    checkpoint_every: int = 0  # save an audit's progress every N records (reconciler_checkpoints); 0: off
     report_dir: Path | None = None
     postgres: PostgresSettings = field(default_factory=PostgresSettings)
     firestore: FirestoreSettings = field(default_factory=FirestoreSettings)
@@ -92,14 +93,14 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "postgres": {"dsn": str, "itersize": int, "reconnects": int},
     "firestore": {"project": str, "page_size": int, "timeout_s": (int, float)},
     "audit": {"rules_dir": str, "entities": list, "max_findings": int, "report_dir": str,
-              "settle_s": (int, float), "recent_s": (int, float)},
+              "settle_s": (int, float), "recent_s": (int, float), "checkpoint_every": int},
     "repair": {"max_repairs": int, "max_drift_ratio": (int, float), "batch_size": int},
     "history": {"enabled": bool, "dsn": str},
     "schedule": {"timezone": str, "jobs": list},
 }
 _JOB: dict[str, type] = {"name": str, "cron": str, "entities": list, "timezone": str, "run_missed": bool}
 
-_MAY_BE_ZERO = {("audit", "settle_s"), ("audit", "recent_s")}
+_MAY_BE_ZERO = {("audit", "settle_s"), ("audit", "recent_s"), ("audit", "checkpoint_every")}
 
 ENV = {
     "RECONCILER_PG_DSN": ("postgres", "dsn"),
@@ -227,6 +228,7 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         max_findings=audit.get("max_findings", Settings.max_findings),
         settle_s=float(audit.get("settle_s", Settings.settle_s)),
         recent_s=float(audit.get("recent_s", Settings.recent_s)),
+        checkpoint_every=audit.get("checkpoint_every", Settings.checkpoint_every),
         report_dir=base / report_dir if report_dir else None,
         postgres=replace(PostgresSettings(), **pg),
         firestore=replace(FirestoreSettings(), **{k: float(v) if k == "timeout_s" else v for k, v in fs.items()}),

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from reconciler import backoff, settle, stop
+from reconciler import backoff, checkpoint, settle, stop
 from reconciler.config import Settings
 from reconciler.errors import ReconcilerError, RulesError, RuntimeFailure, UsageError
-from reconciler.keys import Key, Scope, id_sort_key, merge_join
+from reconciler.keys import Key, Scope, id_sort_key, merge_join, sort_key
 from reconciler.mapping import FirestoreMapper, PostgresMapper, shape_of
 from reconciler.repair import Drift, Options, check_privileges, repair_entity
 from reconciler.result import Counts, EntityResult, Finding, FindingKind, RunResult
@@ -49,10 +49,10 @@ class _Done:
 def prefetch(items: Iterable[T], size: int = 2000, name: str = "prefetch") -> Iterator[T]:
     """Run `items` on a thread, at most `size` ahead of the consumer; its errors re-raise here."""
     buf: queue.Queue[Any] = queue.Queue(maxsize=size)
-    stop = threading.Event()
+    halt = threading.Event()
 
     def put(item: Any) -> bool:
-        while not stop.is_set():
+        while not halt.is_set():
             try:
                 buf.put(item, timeout=0.1)
                 return True
@@ -80,8 +80,9 @@ def prefetch(items: Iterable[T], size: int = 2000, name: str = "prefetch") -> It
                 raise item
             yield item
     finally:
-        stop.set()
-        thread.join(timeout=5)
+        halt.set()
+        if thread is not threading.current_thread():  # the GC may finalize this generator on its own producer
+            thread.join(timeout=5)
 
 
 # ---------------------------------------------------------------- one entity
@@ -95,6 +96,19 @@ class _Tally:
     findings: list[Finding] = field(default_factory=list)
     drifts: list[Drift] = field(default_factory=list)
     pending: list[tuple[DocumentSpec, Key, Finding]] = field(default_factory=list)  # read again once settled
+
+    def to_json(self) -> dict[str, Any]:
+        """For a checkpoint (audits: every pending record is a listed finding)."""
+        index = {id(f): i for i, f in enumerate(self.findings)}
+        return {"counts": dict(self.counts), "fields": dict(self.fields),
+                "findings": [checkpoint.finding_to_json(f) for f in self.findings],
+                "pending": [[d.collection, list(k), index[id(f)]] for d, k, f in self.pending]}
+
+    def restore(self, data: dict[str, Any], rules: EntityRules) -> None:
+        self.counts, self.fields = Counter(data["counts"]), Counter(data["fields"])
+        self.findings = [checkpoint.finding_from_json(f) for f in data["findings"]]
+        docs = {d.collection: d for d in rules.documents}
+        self.pending = [(docs[c], tuple(k), self.findings[i]) for c, k, i in data["pending"]]
 
     def settle(self, rereads: dict[tuple[str, Key], settle.Reread], rules: EntityRules) -> None:
         """Replace each pending finding by what the re-read found: settled (matched), in flight, or drift."""
@@ -142,20 +156,33 @@ def _count_key(finding: Finding) -> str:
 
 def audit_entity(rules: EntityRules, sides: Sides, settings: Settings, scope: Scope,
                  progress: Progress = no_progress, repair: Options | None = None,
-                 run_id: str = "") -> EntityResult:
-    """Audit one entity; with `repair`, then plan (and apply) the repair of what differs."""
+                 run_id: str = "", checkpoints: checkpoint.Store | None = None) -> EntityResult:
+    """Audit one entity; with `repair`, then plan (and apply) the repair of what differs. With `checkpoints`
+    (audits only), save progress every audit.checkpoint_every records and continue from what was saved."""
     started = time.monotonic()
     tally = _Tally(settings.max_findings, repair.limit(settings) if repair else 0)
-    instant = pg_source.begin_snapshot(sides.pg)
-    try:
-        pg_reader = pg_source.PostgresReader(sides.pg, sides.schema, itersize=settings.postgres.itersize)
-        fs_reader = fs_source.FirestoreReader(sides.fs, page_size=settings.firestore.page_size,
-                                              timeout=settings.firestore.timeout_s, read_time=instant)
-        for doc in rules.documents:
-            _audit_documents(rules, doc, pg_reader, fs_reader, scope, tally, progress)
-    finally:
-        sides.pg.rollback()
-    tally.settle(settle.reread(rules, sides, settings, settle.keys_of((d, k) for d, k, _ in tally.pending)), rules)
+    saver = _Saver(checkpoints, rules, settings.checkpoint_every) if checkpoints and repair is None else None
+    docs, after = list(rules.documents), None
+    if saver is not None and (position := saver.store.load(rules.entity)) is not None:
+        tally.restore(position.tally, rules)
+        names = [d.collection for d in docs]
+        docs = docs[names.index(position.collection):] if position.collection in names else []
+        after = position.last_key
+    if docs:
+        instant = pg_source.begin_snapshot(sides.pg)
+        try:
+            pg_reader = pg_source.PostgresReader(sides.pg, sides.schema, itersize=settings.postgres.itersize)
+            fs_reader = fs_source.FirestoreReader(sides.fs, page_size=settings.firestore.page_size,
+                                                  timeout=settings.firestore.timeout_s, read_time=instant)
+            for i, doc in enumerate(docs):
+                _audit_documents(rules, doc, pg_reader, fs_reader, scope, tally, progress, saver,
+                                 after if i == 0 else None)
+        finally:
+            pg_source.end_snapshot(sides.pg)
+        tally.settle(settle.reread(rules, sides, settings, settle.keys_of((d, k) for d, k, _ in tally.pending)),
+                     rules)
+        if saver is not None:
+            saver.store.save(rules.entity, None, None, tally.to_json())
     c = tally.counts
     counts = Counts(postgres=c["postgres"], firestore=c["firestore"], matched=c["matched"],
                     mismatched=c["mismatched"], missing_in_firestore=c["missing_in_firestore"],
@@ -171,8 +198,18 @@ def audit_entity(rules: EntityRules, sides: Sides, settings: Settings, scope: Sc
                         repair=summary)
 
 
+@dataclass
+class _Saver:
+    store: checkpoint.Store
+    rules: EntityRules
+    every: int
+
+
 def _audit_documents(rules: EntityRules, doc: DocumentSpec, pg_reader: pg_source.PostgresReader,
-                     fs_reader: fs_source.FirestoreReader, scope: Scope, tally: _Tally, progress: Progress) -> None:
+                     fs_reader: fs_source.FirestoreReader, scope: Scope, tally: _Tally, progress: Progress,
+                     saver: _Saver | None = None, after: Key | None = None) -> None:
+    """Sweep one document kind. `after`: a checkpoint's last key; it and every key before it were counted."""
+    done_up_to = sort_key(after) if after else None
     pg_map = PostgresMapper(doc, rules.compare)
     fs_map = FirestoreMapper(doc, rules.compare)
     shape = shape_of(doc)
@@ -184,6 +221,8 @@ def _audit_documents(rules: EntityRules, doc: DocumentSpec, pg_reader: pg_source
     field_prefix = "" if doc.parent is None else f"{doc.collection}/"  # "<subcollection>/<field.path>" in per-field counts
     for key, pg, fs_pair in merge_join(prefetch(pg_records, name="postgres"), prefetch(fs_records, name="firestore"),
                                        entity=rules.entity):
+        if done_up_to is not None and sort_key(key) <= done_up_to:
+            continue
         n += 1
         fs, fs_doc = fs_pair if fs_pair is not None else (None, None)
         tally.counts["postgres"] += pg is not None
@@ -194,6 +233,8 @@ def _audit_documents(rules: EntityRules, doc: DocumentSpec, pg_reader: pg_source
             tally.drifts.append(Drift(doc, key, finding, pg, fs_doc, fs))
         if finding is not None and len(tally.pending) < reread_at_most:
             tally.pending.append((doc, key, finding))
+        if saver is not None and n % saver.every == 0:
+            saver.store.save(rules.entity, doc.collection, key, tally.to_json())
         if n % 1000 == 0:
             progress(rules.entity, doc.collection, n, tally.drifted)
             stop.check(f"while auditing {rules.entity}")
@@ -234,19 +275,20 @@ def limit_scope(rules: EntityRules, sides: Sides, limit: int) -> Scope:
     try:
         pg_keys = [k for k, _ in islice(pg_reader.stream(doc, Scope()), limit)]
     finally:
-        sides.pg.rollback()
+        pg_source.end_snapshot(sides.pg)
     fs_keys = [k for k, _ in islice(fs_reader.stream(doc, Scope(), rules.top_collection), limit)]
     lasts = [keys[-1][0] for keys in (pg_keys, fs_keys) if len(keys) == limit]
     return Scope(upper=min(lasts, key=id_sort_key)) if lasts else Scope()
 
 
 def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ...] | None = None,
-              limit: int | None = None, progress: Progress = no_progress, repair: Options | None = None) -> RunResult:
+              limit: int | None = None, progress: Progress = no_progress, repair: Options | None = None,
+              resume: str | None = None) -> RunResult:
     """Audit (and with `repair`, repair) each entity. A failure of one entity (its rules file, the tables or
     columns it names, or a runtime failure) is recorded in its result and the others go on; only when no
     entity's rules hold up does the rules error itself stop the run."""
     started = dt.datetime.now(dt.timezone.utc)
-    run_id = uuid.uuid4().hex[:12]
+    run_id = resume or uuid.uuid4().hex[:12]
     names = list(dict.fromkeys(entities))
     failures: dict[str, ReconcilerError] = {}
     rules_list = []
@@ -257,7 +299,19 @@ def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ..
             failures[name] = exc
     if not rules_list:
         raise _first_error(failures)
-    sides = open_sides(settings, [t for r in rules_list for t in r.tables()])
+    if resume and (repair is not None or ids or limit):
+        raise UsageError("--resume continues a full audit: it does not combine with --repair, --ids or --limit")
+    store = None
+    if resume:
+        store = checkpoint.open_for_resume(settings.postgres.dsn, resume)
+    elif settings.checkpoint_every and repair is None and not ids and not limit:
+        store = checkpoint.Store(settings.postgres.dsn, run_id)
+    try:
+        sides = open_sides(settings, [t for r in rules_list for t in r.tables()])
+    except BaseException:
+        if store is not None:
+            store.close()
+        raise
     try:
         for rules in rules_list:
             try:
@@ -278,12 +332,14 @@ def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ..
             try:
                 result, sides = _with_reconnects(settings, sides, lambda s: audit_entity(
                     rules, s, settings, Scope(ids=ids) if ids else (limit_scope(rules, s, limit) if limit else Scope()),
-                    progress, repair, run_id))
+                    progress, repair, run_id, store))
                 results.append(result)
             except RuntimeFailure as exc:
                 results.append(_failed(name, rules, str(exc)))
     finally:
         sides.pg.close()
+        if store is not None:
+            store.close()
     return RunResult(run_id=run_id, mode="repair" if repair else "audit", started_at=started,
                      finished_at=dt.datetime.now(dt.timezone.utc), entities=tuple(results))
 

@@ -68,7 +68,7 @@ def reread(rules: EntityRules, sides: Sides, settings: Settings,
         for doc, keys in wanted.values():
             out.update(_reread_doc(rules, doc, keys, pg_reader, fs_reader))
     finally:
-        sides.pg.rollback()
+        pg_source.end_snapshot(sides.pg)
     _mark_in_flight(rules, sides, settings, wanted, out, instant)
     return out
 

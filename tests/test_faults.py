@@ -26,9 +26,16 @@ def _drift(people, fs_client, pg_dsn):
         conn.execute("UPDATE customers SET phone = '+000' WHERE id = %s", (people[7].id,))
 
 
-def _terminate_when_fetching(admin_dsn: str, killed: list[int], stop: threading.Event) -> None:
-    """Terminate the audit's backend the first time it is seen fetching from a cursor."""
+def _terminate_when_fetching(admin_dsn: str, killed: list[int], stop: threading.Event,
+                             after_checkpoint: bool = False) -> None:
+    """Terminate the audit's backend the first time it is seen fetching from a cursor (after a checkpoint
+    was saved, if asked)."""
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        while after_checkpoint and not stop.is_set():
+            if conn.execute("SELECT to_regclass('reconciler_checkpoints') IS NOT NULL").fetchone()[0] and \
+                    conn.execute("SELECT count(*) FROM reconciler_checkpoints").fetchone()[0]:
+                break
+            time.sleep(0.001)
         while not stop.is_set() and not killed:
             row = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = 'reconciler' "
                                "AND query ILIKE 'FETCH%' AND pid <> pg_backend_pid() LIMIT 1").fetchone()
@@ -206,3 +213,38 @@ def test_firestore_connections_cut_mid_sweep(customers_loaded, fs_client, pg_dsn
     assert proxy.cuts == 1 and proxy.refused > 0, "the connection was never cut: nothing was tested"
     assert proxy.received > 100_000  # the sweep went on after the cut
     assert interrupted == uninterrupted
+
+
+def test_a_failed_audit_resumes_from_its_checkpoint(customers_loaded, fs_client, pg_dsn):
+    """The connection dies for good mid-stream (no reconnects): the run fails; --resume continues it from the
+    checkpoint (not from the start: the restored counts are not counted again) to the uninterrupted result."""
+    from reconciler import checkpoint
+
+    settings, people = customers_loaded
+    _drift(people, fs_client, pg_dsn)
+    uninterrupted = _summary(run_audit(settings, ["customers"]))
+    fragile = dataclasses.replace(settings, checkpoint_every=3,
+                                  postgres=dataclasses.replace(settings.postgres, itersize=1, reconnects=0))
+    killed, stop = [], threading.Event()
+    killer = threading.Thread(target=_terminate_when_fetching, args=(pg_dsn, killed, stop, True), daemon=True)
+    killer.start()
+    try:
+        failed = run_audit(fragile, ["customers"])
+    finally:
+        stop.set()
+        killer.join(timeout=10)
+    assert killed and failed.entities[0].error  # "terminating connection..." or "server closed the connection..."
+    with psycopg.connect(pg_dsn) as conn:
+        collection, last_key, tally = conn.execute(
+            f"SELECT collection, last_key, tally FROM {checkpoint.TABLE} WHERE run_id = %s", [failed.run_id]).fetchone()
+    assert collection is not None and last_key and 0 < sum(tally["counts"].values())
+
+    swept: dict[str, int] = {}
+    resumed = run_audit(fragile, ["customers"], resume=failed.run_id,
+                        progress=lambda entity, collection, n, drifted: swept.__setitem__(collection, n))
+    assert resumed.run_id == failed.run_id
+    assert _summary(resumed) == uninterrupted
+    counts = uninterrupted[0]
+    restored = sum(tally["counts"].get(k, 0) for k in ("matched", "mismatched", "missing_in_firestore",
+                                                           "missing_in_postgres"))
+    assert sum(swept.values()) == counts.matched + counts.drifted - restored  # compared: only what was left

@@ -49,6 +49,13 @@ def lost(conn: psycopg.Connection) -> bool:
     return conn.closed or conn.broken
 
 
+def end_snapshot(conn: psycopg.Connection) -> None:
+    """End the read transaction; on a lost connection there is none left to end (and the loss is the error
+    worth reporting, not a second one from here)."""
+    if not lost(conn):
+        conn.rollback()
+
+
 def begin_snapshot(conn: psycopg.Connection) -> dt.datetime:
     """One REPEATABLE READ READ ONLY transaction: every stream of the run reads the same instant, which is
     returned (the snapshot is taken by the transaction's first statement, which reads the clock: Firestore
