@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
   collection  TEXT,                 -- the document kind being swept (NULL: the entity is done)
   last_key    TEXT[],               -- the last key of it reconciled (NULL: none yet)
   tally       JSONB NOT NULL,       -- counts, field counts, findings, keys to re-read
-  updated_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+  saved_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
   PRIMARY KEY (run_id, entity)
 )
 """
@@ -67,7 +67,7 @@ class Store:
             self.conn.execute(
                 f"INSERT INTO {TABLE} (run_id, entity, collection, last_key, tally) VALUES (%s, %s, %s, %s, %s) "
                 "ON CONFLICT (run_id, entity) DO UPDATE SET collection = excluded.collection, "
-                "last_key = excluded.last_key, tally = excluded.tally, updated_at = now()",
+                "last_key = excluded.last_key, tally = excluded.tally, saved_at = now()",
                 [self.run_id, entity, collection, list(last_key) if last_key else None,
                  json.dumps(_no_nul(tally), default=str)])
         except psycopg.Error as exc:

@@ -233,7 +233,7 @@ def test_passwords_never_reach_output_or_reports(password_role, pg_server, tmp_p
     report = tmp_path / "out"
     cases = [  # (name, args, env, expected exit code, a text that shows the message still says what failed)
         ("audit ok", ["--entity", "customers", "--report-dir", str(report)], {"RECONCILER_PG_DSN": good}, 0, "matched"),
-        ("rules check ok", ["rules", "check"], {"RECONCILER_PG_DSN": good}, 0, "ok"),
+        ("rules check ok", ["rules", "check", "--entity", "customers"], {"RECONCILER_PG_DSN": good}, 0, "ok"),
         ("wrong password", ["--entity", "customers"],
          {"RECONCILER_PG_DSN": f"postgresql://{role}_b:{enc}@{host}:{port}/{db}"}, 3, "authentication failed"),
         ("no such database", ["--entity", "customers", "--pg-dsn", f"postgresql://{role}:{enc}@{host}:{port}/nodb"],

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal, NamedTuple
 
 from google.api_core import exceptions as gexc
+from google.api_core import retry
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -47,6 +48,9 @@ class FsWrite:
     update_time: Any = None
 
 
+# Our own retries resume a stream after its last document; the client's built-in mid-stream retry is off
+# (with its default retry it fails with an AttributeError of its own, google-cloud-firestore 2.34).
+NO_RETRY = retry.Retry(predicate=lambda exc: False)
 MAX_READ_AGE_S = 3000.0  # Firestore keeps versions for 1 hour (7 days with point-in-time recovery): margin kept
 WriteOutcome = tuple[Literal["applied", "changed", "failed"], str]
 CHANGED = (gexc.FailedPrecondition, gexc.NotFound, gexc.AlreadyExists)  # a precondition did not hold
@@ -149,7 +153,8 @@ class FirestoreReader:
     def _children_by_ids(self, root: str, name: str, scope: Scope) -> Iterator[tuple[Key, FsDoc]]:
         for parent in scope.sorted_ids():
             query = self.client.collection(root).document(parent).collection(name).order_by("__name__")
-            for snap in self.call(lambda: list(query.stream(timeout=self.timeout, read_time=self.at()))):
+            for snap in self.call(lambda: list(query.stream(retry=NO_RETRY, timeout=self.timeout,
+                                                            read_time=self.at()))):
                 yield (parent, snap.id), _doc(snap)
 
     def sample(self, collection: str, n: int) -> list[tuple[str, dict[str, Any]]]:
@@ -168,7 +173,7 @@ class FirestoreReader:
                 if last is not None:
                     query = query.start_after(last)
                 try:
-                    for snap in query.stream(timeout=self.timeout, read_time=self.at()):
+                    for snap in query.stream(retry=NO_RETRY, timeout=self.timeout, read_time=self.at()):
                         got += 1
                         last = snap
                         yield snap
