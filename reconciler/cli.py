@@ -105,7 +105,9 @@ def _summary(result: RunResult) -> str:
             continue
         lines.append(f"{e.entity}: {c.postgres:,} in Postgres, {c.firestore:,} in Firestore, {c.matched:,} matched, "
                      f"{c.mismatched:,} mismatched, {c.missing_in_firestore:,} missing in Firestore, "
-                     f"{c.missing_in_postgres:,} missing in Postgres ({e.duration_s:.1f} s)")
+                     f"{c.missing_in_postgres:,} missing in Postgres"
+                     f"{f', {c.in_flight:,} in flight (being written: not drift yet)' if c.in_flight else ''}"
+                     f" ({e.duration_s:.1f} s)")
         for field, n in list(e.field_counts.items())[:5]:
             lines.append(f"    {n:,} x {field}")
         if e.repair is not None:
