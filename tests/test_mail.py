@@ -1,0 +1,204 @@
+"""E-mailed reports: a real local SMTP server (aiosmtpd, STARTTLS with a self-signed certificate + AUTH LOGIN/PLAIN)
+receives a multipart message built from real audits of seed-shaped customers, with personal data masked."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import socket
+import ssl
+import subprocess
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import psycopg
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from reconciler.config import MailSettings
+from reconciler.engine import run_audit
+from reconciler.errors import RuntimeFailure
+from reconciler.mail import send_run_report
+from reconciler.masking import MASKED, mask_report
+from reconciler.result import RunResult
+
+USER, PASSWORD = "reconciler", "s3cret-pw"
+
+
+@dataclass
+class Inbox:
+    messages: list[tuple[list[str], email.message.EmailMessage]] = field(default_factory=list)
+
+    async def handle_DATA(self, server, session, envelope):  # aiosmtpd handler hook
+        assert session.authenticated, "the client sent without AUTH"
+        self.messages.append((list(envelope.rcpt_tos), email.message_from_bytes(envelope.content,
+                                                                                  policy=email.policy.default)))
+        return "250 OK"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                    "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")], check=True, capture_output=True)
+    return d / "cert.pem", d / "key.pem"
+
+
+@pytest.fixture
+def smtp(cert):
+    """A real SMTP server on 127.0.0.1 that requires STARTTLS, then AUTH with USER/PASSWORD."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(*cert)
+
+    def authenticate(server, session, envelope, mechanism, auth_data):
+        return AuthResult(handled=False, success=isinstance(auth_data, LoginPassword) and auth_data.login == USER.encode()
+                          and auth_data.password == PASSWORD.encode())
+
+    inbox = Inbox()
+    port = _free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port, tls_context=ctx, require_starttls=True,
+                            authenticator=authenticate, auth_required=True)
+    controller.start()
+    try:
+        yield inbox, port
+    finally:
+        controller.stop()
+
+
+def _mail(settings, port: int, cert: Path, **kw):
+    mail = MailSettings(host="127.0.0.1", port=port, starttls=True, username=USER, password=PASSWORD,
+                        from_addr="reconciler@ops.example", recipients=("oncall@ops.example",), ca_file=cert,
+                        timeout_s=10, **kw)
+    return replace(settings, mail=mail)
+
+
+def _parts(msg) -> dict[str, str]:
+    return {part.get_content_type(): part.get_content() for part in msg.walk() if not part.is_multipart()}
+
+
+@pytest.fixture
+def audits(customers_loaded, fs_client, pg_dsn):
+    """(clean, drifted) RunResults of real audits; the drift changes personal fields and one number."""
+    settings, people = customers_loaded
+    clean = run_audit(settings, ["customers"])
+    p = people[0]
+    fs_client.collection("customers").document(p.id).update(
+        {"email": "leaked.person@mailbox.example", "firstName": "Zebedeus", "metrics.totalOrders": -7})
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("UPDATE customers SET phone = '+49 30 98765432' WHERE id = %s", (people[1].id,))
+    drifted = run_audit(settings, ["customers"])
+    personal = {p.document["email"], "leaked.person@mailbox.example", p.document["firstName"], "Zebedeus",
+                "+49 30 98765432", people[1].document.get("phone")} - {None}
+    return settings, clean, drifted, personal, p
+
+
+def test_the_report_arrives_multipart_over_starttls_and_auth_with_personal_data_masked(smtp, cert, audits):
+    inbox, port = smtp
+    settings, _, drifted, personal, p = audits
+    assert {d.path for f in drifted.entities[0].findings for d in f.fields} >= {"email", "firstName", "phone"}
+    sent = send_run_report(_mail(settings, port, cert[0]), drifted)
+    assert sent == ["oncall@ops.example"]
+    ((rcpt, msg),) = inbox.messages
+    assert rcpt == ["oncall@ops.example"] and msg["From"] == "reconciler@ops.example"
+    assert "drift in customers (2)" in msg["Subject"]
+    parts = _parts(msg)
+    assert set(parts) == {"text/plain", "text/html"}
+    whole = msg.as_string() + "".join(parts.values())  # encoded and decoded: the values are in neither
+    for value in personal:
+        assert value not in whole, f"personal value {value!r} is in the mail"
+    for text in parts.values():  # both parts: the field paths and the fact that they differ stay, values masked
+        assert MASKED in text and "firstName" in text and "phone" in text and f"customers/{p.id}" in text
+        assert "metrics.totalOrders" in text and "-7" in text  # not personal: shown as is
+    assert "<svg" in parts["text/html"] and "2 mismatched" in parts["text/plain"]
+
+
+def test_the_send_policies(smtp, cert, audits):
+    inbox, port = smtp
+    settings, clean, drifted, _, _ = audits
+
+    def sends(policy: str, result: RunResult, previous: RunResult | None = None) -> bool:
+        before = len(inbox.messages)
+        sent = send_run_report(_mail(settings, port, cert[0], send=policy), result, previous=previous)
+        assert bool(sent) == (len(inbox.messages) > before)
+        return bool(sent)
+
+    assert not sends("on_drift", clean) and sends("on_drift", drifted)
+    assert sends("always", clean) and sends("always", drifted)
+    assert sends("on_change", drifted, previous=clean) and sends("on_change", drifted, previous=None)
+    assert not sends("on_change", drifted, previous=drifted) and not sends("on_change", clean, previous=clean)
+    assert sends("on_change", clean, previous=drifted)  # the drift went away: that is a change too
+    # the same counts but other drifted keys are a change
+    (e,) = drifted.entities
+    moved = replace(drifted, entities=(replace(e, findings=(replace(e.findings[0], key="customers/other"),)
+                                               + e.findings[1:]),))
+    assert sends("on_change", moved, previous=drifted)
+
+
+def test_per_entity_recipients_get_only_their_entity(smtp, cert, audits):
+    inbox, port = smtp
+    settings, clean, drifted, _, p = audits
+    other = replace(clean.entities[0], entity="accounts")  # a second entity (same real counts, another name)
+    run = replace(drifted, entities=(drifted.entities[0], other))
+    mail = _mail(settings, port, cert[0], send="always",
+                 entity_recipients={"accounts": ("accounts-team@ops.example", "oncall@ops.example"),
+                                    "customers": ("crm@ops.example",)})
+    sent = send_run_report(mail, run)
+    assert sorted(sent) == ["accounts-team@ops.example", "crm@ops.example", "oncall@ops.example"]
+    by_rcpt = {tuple(r): m for r, m in inbox.messages}
+    assert len(inbox.messages) == 3  # oncall gets the global mail only, though also listed for accounts
+    everything = _parts(by_rcpt[("oncall@ops.example",)])["text/html"]
+    accounts = _parts(by_rcpt[("accounts-team@ops.example",)])
+    crm = _parts(by_rcpt[("crm@ops.example",)])
+    assert f"customers/{p.id}" in everything and "accounts" in everything
+    assert f"customers/{p.id}" not in accounts["text/html"] + accounts["text/plain"] and "accounts" in accounts["text/plain"]
+    assert f"customers/{p.id}" in crm["text/html"] and "accounts:" not in crm["text/plain"]
+
+
+def test_smtp_failures_are_runtime_failures(smtp, cert, audits):
+    _, port = smtp
+    settings, _, drifted, _, _ = audits
+    bad_password = _mail(settings, port, cert[0])
+    bad_password = replace(bad_password, mail=replace(bad_password.mail, password="wrong"))
+    with pytest.raises(RuntimeFailure, match=f"127.0.0.1:{port}.*SMTPAuthenticationError"):
+        send_run_report(bad_password, drifted)
+    untrusted = _mail(settings, port, cert[0])
+    untrusted = replace(untrusted, mail=replace(untrusted.mail, ca_file=None))  # the self-signed cert is not trusted
+    with pytest.raises(RuntimeFailure, match="CERTIFICATE_VERIFY_FAILED"):
+        send_run_report(untrusted, drifted)
+    no_tls = _mail(settings, port, cert[0])
+    no_tls = replace(no_tls, mail=replace(no_tls.mail, starttls=False))  # the server requires STARTTLS
+    with pytest.raises(RuntimeFailure):
+        send_run_report(no_tls, drifted)
+
+
+def test_without_a_host_nothing_is_sent(audits):
+    settings, _, drifted, _, _ = audits
+    assert send_run_report(settings, drifted) == []
+
+
+def test_masking_is_one_pass_over_the_report_dict():
+    report = {"entities": [{"findings": [
+        {"key": "things/1", "fields": [{"path": "contact.Email", "postgres": "a@b.example", "firestore": None},
+                                       {"path": "tags", "postgres": [{"ownerName": "Ann"}], "firestore": []}],
+         "repair": {"writes": [{"side": "firestore", "op": "update", "path": "things/1",
+                                "set": {"contact.Email": "a@b.example"}, "delete": []}],
+                    "deleted": {"billingAddress": {"line1": "Main St 1"}, "total": 3}}},
+        {"key": "things/1/addresses/9", "fields": [{"path": "line1", "postgres": "Main St 1", "firestore": "x"}]},
+    ]}]}
+    masked = mask_report(report, ["email", "*name", "address"])
+    (a, b) = masked["entities"][0]["findings"]
+    assert a["fields"][0] == {"path": "contact.Email", "postgres": MASKED, "firestore": None}
+    assert a["fields"][1]["postgres"] == [{"ownerName": MASKED}]
+    assert a["repair"]["writes"][0]["set"] == {"contact.Email": MASKED}
+    assert a["repair"]["deleted"] == {"billingAddress": MASKED, "total": 3}
+    assert b["fields"][0] == {"path": "line1", "postgres": MASKED, "firestore": MASKED}  # addresses/line1
+    assert report["entities"][0]["findings"][0]["fields"][0]["postgres"] == "a@b.example"  # input unchanged
+    assert mask_report(report, []) == report
