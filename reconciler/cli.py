@@ -6,6 +6,7 @@ Exit codes: 0 no drift, 1 drift found, 2 usage/config/rules error, 3 runtime fai
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -13,13 +14,14 @@ from typing import Any, Callable
 
 import click
 
-from reconciler import engine
+from reconciler import alerts, engine, logs, mail
 from reconciler.config import Settings, load_settings
 from reconciler.errors import ReconcilerError, UsageError
 from reconciler.repair import Options as RepairOptions
 from reconciler.result import EntityResult, RepairStatus, RunResult
 
 EXIT_OK, EXIT_DRIFT, EXIT_USAGE, EXIT_FAILURE = 0, 1, 2, 3
+log = logging.getLogger("reconciler.cli")
 
 
 def _fail(exc: ReconcilerError, debug: bool) -> None:
@@ -29,6 +31,15 @@ def _fail(exc: ReconcilerError, debug: bool) -> None:
     sys.exit(exc.exit_code)
 
 
+def _to_sentry(exc: BaseException) -> None:
+    """A runtime failure (not a usage error) goes to Sentry when a DSN is configured."""
+    try:
+        settings = _settings(click.get_current_context())
+    except ReconcilerError:
+        return  # the settings themselves are broken: nothing to send with
+    alerts.capture_failure(settings, exc)
+
+
 def _guard(fn: Callable[..., int]) -> Callable[..., None]:
     """The one error boundary: typed errors become one line and their exit code; --debug shows the traceback."""
     def wrapper(*args: Any, **kwargs: Any) -> None:
@@ -36,11 +47,14 @@ def _guard(fn: Callable[..., int]) -> Callable[..., None]:
         try:
             code = fn(*args, **kwargs)
         except ReconcilerError as exc:
+            if exc.exit_code == EXIT_FAILURE:
+                _to_sentry(exc)
             _fail(exc, debug)
         except KeyboardInterrupt:
             click.echo("reconcile: interrupted", err=True)
             sys.exit(130)
         except Exception as exc:  # a bug or an unexpected library error: still one line unless --debug
+            _to_sentry(exc)
             if debug:
                 raise
             click.echo(f"reconcile: unexpected error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
@@ -171,11 +185,18 @@ def _split_ids(values: tuple[str, ...]) -> tuple[str, ...] | None:
 @click.option("--force", is_flag=True,
               help="With --repair: repair even when more records differ than repair.max_drift_ratio allows.")
 @click.option("--progress/--no-progress", default=None, help="Progress line on stderr [default: when it is a terminal].")
+@click.option("--log-format", type=click.Choice(logs.FORMATS), default="auto", envvar="RECONCILER_LOG_FORMAT",
+              show_default=True, help="Log lines on stderr: JSON lines, or text; auto: text on a terminal, else JSON "
+                                      "[env RECONCILER_LOG_FORMAT].")
+@click.option("--log-level", type=click.Choice(logs.LEVELS, case_sensitive=False), default="info",
+              envvar="RECONCILER_LOG_LEVEL", show_default=True,
+              help="The least severe log lines shown [env RECONCILER_LOG_LEVEL].")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.pass_context
 def main(ctx: click.Context, config: Path | None, entities: tuple[str, ...], all_entities: bool,
          report_dir: Path | None, limit: int | None, ids: tuple[str, ...], pg_dsn: str | None,
-         firestore_project: str | None, progress: bool | None, debug: bool, **repair_flags: Any) -> None:
+         firestore_project: str | None, progress: bool | None, log_format: str, log_level: str, debug: bool,
+         **repair_flags: Any) -> None:
     """Audit (and repair) drift between PostgreSQL and Firestore.
 
     \b
@@ -198,7 +219,13 @@ def main(ctx: click.Context, config: Path | None, entities: tuple[str, ...], all
     \b
     Exit codes: 0 no drift (or all of it repaired), 1 drift found (and not all repaired),
     2 usage/config/rules error, 3 runtime failure (unreachable database, a failed or refused repair).
+
+    \b
+    After a run, the report is e-mailed ([mail] in the config; personal data masked) and drift above
+    [sentry] min_drifted raises one Sentry event per entity (with a DSN: [sentry] dsn or SENTRY_DSN).
+    Logs go to stderr as JSON lines with the run id (text on a terminal); the summary goes to stdout.
     """
+    logs.configure(log_format, log_level)
     if ctx.invoked_subcommand is not None:
         return
     repair = None
@@ -240,6 +267,8 @@ def _audit(ctx: click.Context, entities: tuple[str, ...], all_entities: bool, re
 
         paths = write_reports(result, settings.report_dir)
         click.echo(f"report: {paths.html}\n        {paths.json}")
+    alerts.send_run_alerts(settings, result)
+    mail.send_run_report(settings, result)  # no run history here: on_change compares with a run without drift
     if result.failed:
         return EXIT_FAILURE
     return EXIT_DRIFT if result.drift_left else EXIT_OK

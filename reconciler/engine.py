@@ -7,7 +7,9 @@ main thread merge-joins them and diffs what both sides have.
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
+import logging
 import queue
 import threading
 import time
@@ -21,6 +23,7 @@ from reconciler.config import Settings
 from reconciler.diff import diff_records
 from reconciler.errors import RulesError, RuntimeFailure
 from reconciler.keys import Key, Scope, id_sort_key, merge_join
+from reconciler.logs import bind_run
 from reconciler.mapping import FirestoreMapper, PostgresMapper, shape_of
 from reconciler.repair import Drift, Options, repair_entity
 from reconciler.result import Counts, EntityResult, Finding, FindingKind, RunResult
@@ -32,6 +35,7 @@ from reconciler.sources import firestore as fs_source
 from reconciler.sources import postgres as pg_source
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 Progress = Callable[[str, str, int, int], None]  # (entity, collection, records so far, drifted so far)
 
 
@@ -68,7 +72,8 @@ def prefetch(items: Iterable[T], size: int = 2000, name: str = "prefetch") -> It
         except BaseException as exc:  # handed to the consumer, which re-raises it
             put(exc)
 
-    thread = threading.Thread(target=produce, name=name, daemon=True)
+    # the producer runs in a copy of this context: its log lines carry the run id (logs.bind_run)
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(produce,), name=name, daemon=True)
     thread.start()
     try:
         while True:
@@ -222,6 +227,9 @@ def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ..
     result and the others go on."""
     started = dt.datetime.now(dt.timezone.utc)
     run_id = uuid.uuid4().hex[:12]
+    bind_run(run_id)
+    entities = tuple(entities)
+    log.info("run started", extra={"mode": "repair" if repair else "audit", "entities": entities})
     rules_list = load_rules(settings, entities)
     sides = open_sides(settings, [t for r in rules_list for t in r.tables()])
     try:
@@ -231,7 +239,9 @@ def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ..
             try:
                 scope = Scope(ids=ids) if ids else (limit_scope(rules, sides, limit) if limit else Scope())
                 results.append(audit_entity(rules, sides, settings, scope, progress, repair, run_id))
+                log.info("%s audited", rules.entity, extra={"entity": rules.entity, "drifted": results[-1].counts.drifted})
             except RuntimeFailure as exc:
+                log.error("%s: failed: %s", rules.entity, exc, extra={"entity": rules.entity})
                 results.append(EntityResult(entity=rules.entity, source_of_truth=rules.source_of_truth,
                                             counts=Counts(), findings=(), findings_truncated=False, error=str(exc)))
     finally:
