@@ -113,7 +113,7 @@ def _scope(settings: Settings) -> Iterator["sentry_sdk.Scope"]:
     try:
         client = sentry_sdk.Client(dsn=settings.sentry.dsn, environment=settings.sentry.environment or None,
                                    default_integrations=False, auto_enabling_integrations=False,
-                                   send_default_pii=False, include_local_variables=False, max_breadcrumbs=0)
+                                   include_local_variables=False, max_breadcrumbs=0)  # and no PII: the default
     except BadDsn as exc:
         raise ConfigError(f"not a Sentry DSN: {exc}", key="sentry.dsn (or SENTRY_DSN)") from None
     try:
