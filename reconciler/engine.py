@@ -65,9 +65,11 @@ def prefetch(items: Iterable[T], size: int = 2000, name: str = "prefetch") -> It
 
     def produce() -> None:
         try:
-            for item in items:
+            n = 0
+            for n, item in enumerate(items, 1):
                 if not put(item):
                     return
+            log.debug("%s: %d read", name, n)
             put(_Done)
         except BaseException as exc:  # handed to the consumer, which re-raises it
             put(exc)
@@ -246,8 +248,10 @@ def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ..
                                             counts=Counts(), findings=(), findings_truncated=False, error=str(exc)))
     finally:
         sides.pg.close()
-    return RunResult(run_id=run_id, mode="repair" if repair else "audit", started_at=started,
-                     finished_at=dt.datetime.now(dt.timezone.utc), entities=tuple(results))
+    result = RunResult(run_id=run_id, mode="repair" if repair else "audit", started_at=started,
+                       finished_at=dt.datetime.now(dt.timezone.utc), entities=tuple(results))
+    log.info("run finished", extra={"drift": result.has_drift, "failed": result.failed})
+    return result
 
 
 def live_schema(settings: Settings, tables: Iterable[str]) -> dict[str, dict[str, str]]:

@@ -49,6 +49,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
             "run_id": getattr(record, "run_id", None),
+            **({"thread": record.threadName} if record.threadName != "MainThread" else {}),
             **_extras(record),
         }
         if record.exc_info:
