@@ -122,7 +122,7 @@ def _check(data: dict[str, Any], file: str) -> None:
             if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
                 names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
                 raise ConfigError(f"must be {names}, got {value!r}", file=file, key=f"{section}.{key}")
-            if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
+            if isinstance(value, int) and not isinstance(value, bool) and value <= 0 and key != "min_drift_ratio":
                 raise ConfigError(f"must be positive, got {value!r}", file=file, key=f"{section}.{key}")
     ratio = data.get("repair", {}).get("max_drift_ratio")
     if ratio is not None and not 0 < ratio <= 1:

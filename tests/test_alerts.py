@@ -188,3 +188,12 @@ def test_the_cli_sends_drift_events_and_failures(sentry, drifted, monkeypatch):
     assert r.exit_code == 3, r.output
     (ev,) = sentry.events()
     assert ev["level"] == "error" and ev["exception"]["values"][0]["type"] == "RuntimeFailure"
+
+
+def test_a_malformed_dsn_is_a_config_error(drifted):
+    from reconciler.errors import ConfigError
+
+    settings, _, result, _ = drifted
+    with pytest.raises(ConfigError, match=r"sentry.dsn \(or SENTRY_DSN\): not a Sentry DSN"):
+        send_run_alerts(_with_dsn(settings, "not-a-dsn"), result)
+    capture_failure(_with_dsn(settings, "not-a-dsn"), RuntimeFailure("x"))  # logs a warning, never raises

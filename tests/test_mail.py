@@ -202,3 +202,42 @@ def test_masking_is_one_pass_over_the_report_dict():
     assert b["fields"][0] == {"path": "line1", "postgres": MASKED, "firestore": MASKED}  # addresses/line1
     assert report["entities"][0]["findings"][0]["fields"][0]["postgres"] == "a@b.example"  # input unchanged
     assert mask_report(report, []) == report
+
+
+def test_mail_and_sentry_config_is_validated(tmp_path):
+    from reconciler.config import load_settings
+    from reconciler.errors import ConfigError
+
+    cfg = tmp_path / "c.toml"
+
+    def load(text: str, env: dict[str, str] | None = None):
+        cfg.write_text(text)
+        return load_settings(cfg, env=env or {})
+
+    ok = ('[mail]\nhost = "smtp.example"\nfrom = "r@x.example"\nrecipients = ["a@x.example"]\nusername = "r"\n'
+          'starttls = false\nsend = "on_change"\nmask = []\n[mail.entity_recipients]\nthings = ["t@x.example"]\n'
+          '[sentry]\nmin_drifted = 5\nmin_drift_ratio = 0\n')
+    s = load(ok, {"RECONCILER_SMTP_PASSWORD": "pw"})
+    assert (s.mail.password, s.mail.starttls, s.mail.mask, s.mail.entity_recipients) == ("pw", False, (), {"things": ("t@x.example",)})
+    assert (s.sentry.min_drifted, s.sentry.min_drift_ratio) == (5, 0.0)
+    assert load('[sentry]\n', {"SENTRY_DSN": "http://k@127.0.0.1:9/1"}).sentry.dsn == "http://k@127.0.0.1:9/1"
+    with pytest.raises(ConfigError, match=r"mail.password_env: .*\$RECONCILER_SMTP_PASSWORD"):
+        load(ok)
+    with pytest.raises(ConfigError, match="mail.password: the SMTP password is never read from the file"):
+        load('[mail]\npassword = "x"\n')
+    with pytest.raises(ConfigError, match="mail.send: must be one of always, on_drift, on_change"):
+        load('[mail]\nsend = "sometimes"\n')
+    with pytest.raises(ConfigError, match="mail.starttls: must be bool"):
+        load('[mail]\nstarttls = "yes"\n')
+    with pytest.raises(ConfigError, match="mail.port: must be int"):
+        load('[mail]\nport = true\n')
+    with pytest.raises(ConfigError, match="mail.recipients: must be a list of e-mail addresses"):
+        load('[mail]\nrecipients = ["nobody"]\n')
+    with pytest.raises(ConfigError, match="mail.recipients: mail.host is set but nobody would get the report"):
+        load('[mail]\nhost = "h"\nfrom = "r@x.example"\n')
+    with pytest.raises(ConfigError, match="mail.from"):
+        load('[mail]\nhost = "h"\nrecipients = ["a@x.example"]\n')
+    with pytest.raises(ConfigError, match=r"sentry.min_drift_ratio: must be a share"):
+        load('[sentry]\nmin_drift_ratio = 2.0\n')
+    with pytest.raises(ConfigError, match="SENTRY_DSN: is set but empty"):
+        load('', {"SENTRY_DSN": ""})
