@@ -14,6 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from aiosmtpd.controller import Controller
+from hypothesis import given
+from hypothesis import strategies as st
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from reconciler.config import MailSettings
@@ -95,8 +97,8 @@ def audits(customers_loaded, fs_client, pg_dsn):
     with psycopg.connect(pg_dsn) as conn:
         conn.execute("UPDATE customers SET phone = '+49 30 98765432' WHERE id = %s", (people[1].id,))
     drifted = run_audit(settings, ["customers"])
-    personal = {p.document["email"], "leaked.person@mailbox.example", p.document["firstName"], "Zebedeus",
-                "+49 30 98765432", people[1].document.get("phone")} - {None}
+    personal = {p.document["email"], p.document["email"].lower(), "leaked.person@mailbox.example",
+                p.document["firstName"], "Zebedeus", "+49 30 98765432", people[1].document.get("phone")} - {None}
     return settings, clean, drifted, personal, p
 
 
@@ -241,3 +243,41 @@ def test_mail_and_sentry_config_is_validated(tmp_path):
         load('[sentry]\nmin_drift_ratio = 2.0\n')
     with pytest.raises(ConfigError, match="SENTRY_DSN: is set but empty"):
         load('', {"SENTRY_DSN": ""})
+
+
+
+_words = st.sampled_from(["email", "Email", "phone", "firstName", "total", "city", "id", "notes", "billing"])
+_paths = st.lists(_words, min_size=1, max_size=3).map(".".join)
+_scalars = st.one_of(st.none(), st.integers(), st.text(max_size=8))
+_values = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                         st.dictionaries(_words, inner, max_size=3)), max_leaves=8)
+
+
+def _nodes(path: str, value):
+    """(path, value) for a value and everything nested in it, by the paths masking uses (lists keep the path)."""
+    yield path, value
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _nodes(f"{path}.{k}", v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _nodes(path, v)
+
+
+@given(st.lists(st.tuples(_paths, _values, _values), min_size=1, max_size=5),
+       st.lists(st.sampled_from(["email", "phone", "*name", "city", "notes.*"]), max_size=3))
+def test_no_value_under_a_masked_path_survives_and_nothing_else_changes(fields, patterns):
+    from reconciler.masking import Mask
+
+    report = {"entities": [{"findings": [{"key": "things/1", "kind": "mismatch", "fields": [
+        {"path": p, "postgres": a, "firestore": b} for p, a, b in fields]}]}]}
+    masked = mask_report(report, patterns)
+    mask = Mask(patterns)
+    pairs = zip(report["entities"][0]["findings"][0]["fields"], masked["entities"][0]["findings"][0]["fields"])
+    for before, after in pairs:
+        assert after["path"] == before["path"]
+        for side in ("postgres", "firestore"):
+            for path, value in _nodes(after["path"], after[side]):  # nothing under a matching path survives
+                assert not mask.matches(path) or value in (None, MASKED), (path, value)
+            if not any(mask.matches(path) for path, _ in _nodes(before["path"], before[side])):
+                assert after[side] == before[side]  # and nothing else is touched
