@@ -164,6 +164,30 @@ def test_per_entity_recipients_get_only_their_entity(smtp, cert, audits):
     assert f"customers/{p.id}" in crm["text/html"] and "accounts:" not in crm["text/plain"]
 
 
+
+def test_the_cli_mails_after_a_run(smtp, cert, audits, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from reconciler.cli import main
+
+    inbox, port = smtp
+    settings, _, _, personal, p = audits
+    cfg = tmp_path / "reconciler.toml"
+    cfg.write_text(f"""[audit]\nrules_dir = "{settings.rules_dir}"\n[postgres]\ndsn = "{settings.postgres.dsn}"
+[mail]\nhost = "127.0.0.1"\nport = {port}\nusername = "{USER}"\nfrom = "reconciler@ops.example"
+recipients = ["oncall@ops.example"]\nca_file = "{cert[0]}"\n""")
+    monkeypatch.setenv("RECONCILER_SMTP_PASSWORD", PASSWORD)
+    r = CliRunner().invoke(main, ["--config", str(cfg), "--entity", "customers", "--no-progress"])
+    assert r.exit_code == 1, r.output
+    ((rcpt, msg),) = inbox.messages
+    html = _parts(msg)["text/html"]
+    whole = msg.as_string() + "".join(_parts(msg).values())
+    assert f"customers/{p.id}" in html and MASKED in html and not any(v in whole for v in personal)
+    monkeypatch.setenv("RECONCILER_SMTP_PASSWORD", "wrong")  # a mail that cannot be sent fails the run
+    r = CliRunner().invoke(main, ["--config", str(cfg), "--entity", "customers", "--no-progress"])
+    assert r.exit_code == 3 and "cannot send the report e-mail" in r.output
+
+
 def test_smtp_failures_are_runtime_failures(smtp, cert, audits):
     _, port = smtp
     settings, _, drifted, _, _ = audits
