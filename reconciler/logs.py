@@ -21,8 +21,9 @@ LEVELS = ("debug", "info", "warning", "error")
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "run_id"}
 
 
-def bind_run(run_id: str) -> None:
-    """From here on (in this context), log lines carry `run_id`."""
+def bind_run(run_id: str | None) -> None:
+    """From here on (in this context), log lines carry `run_id`. A worker thread that runs one job after
+    another keeps its context: bind None (or run each job in `contextvars.copy_context().run`) between jobs."""
     _RUN_ID.set(run_id)
 
 
