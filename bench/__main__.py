@@ -1,13 +1,14 @@
 """./run bench NAME [args]: the benchmarks. Each prints its numbers; none of them is a test.
 
     repair    records repaired per second toward Firestore (bench/repair.py)
+    ops       run_job overhead, explain latency, history queries (bench/ops.py)
 """
 
 from __future__ import annotations
 
 import sys
 
-BENCHES = {"repair": "bench.repair"}
+BENCHES = {"repair": "bench.repair", "ops": "bench.ops"}
 
 
 def main() -> int:

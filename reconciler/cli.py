@@ -5,6 +5,7 @@ Exit codes: 0 no drift, 1 drift found, 2 usage/config/rules error, 3 runtime fai
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 import time
@@ -206,8 +207,11 @@ def main(ctx: click.Context, config: Path | None, entities: tuple[str, ...], all
       reconcile --entity customers --repair           list the writes a repair would make
       reconcile --entity customers --repair --apply   make them (toward the side that is not the truth)
       reconcile rules check --entity customers        validate rules against the live schema
+      reconcile explain --entity ENTITY ID            one record on both sides, and since when it drifts
+      reconcile run-once                              the nightly job: audit, reports, history
+      reconcile serve                                 run the configured schedules
+      reconcile history --entity ENTITY               the drift trend, one line per run
 
-    \b
     \b
     Repair writes only to the side that is not the entity's source of truth, only the fields the rules
     map, and skips a record that changed since it was read. It refuses an entity when more than
@@ -298,6 +302,167 @@ def _rules_check(ctx: click.Context, entities: tuple[str, ...], offline: bool) -
         n = sum(len(d.columns) + len(d.geopoints) + sum(len(e.columns) for e in d.embeds) for d in r.documents)
         click.echo(f"{r.file}: ok ({r.entity}: {n} mapped columns, {len(r.subcollections)} subcollections"
                    f"{', checked against the live schema' if not offline else ''})")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------ operations
+
+
+@main.command("run-once")
+@click.option("--entity", "entities", multiple=True, metavar="NAME",
+              help="Run only this entity (repeatable) [default: audit.entities, like --all].")
+@click.pass_context
+def run_once(ctx: click.Context, entities: tuple[str, ...]) -> None:
+    """What a cron container runs: audit every record, write the reports, record the run in the history.
+
+    \b
+    Examples:
+      reconcile run-once                         every entity in audit.entities
+      reconcile run-once --entity ENTITY         just this one
+      reconcile --config /etc/reconciler.toml run-once
+
+    \b
+    Reports go to audit.report_dir (RECONCILER_REPORT_DIR), the history to history.dsn (default: postgres.dsn).
+    Exit codes: 0 no drift, 1 drift, 2 usage/config/rules error, 3 runtime failure (unreachable database,
+    report or history not written).
+    """
+    _guard(_run_once)(ctx, entities)
+
+
+def _run_once(ctx: click.Context, entities: tuple[str, ...]) -> int:
+    from reconciler.runner import job_entities, run_job
+
+    settings = _settings(ctx)
+    show = _Progress(sys.stderr.isatty())
+    result = run_job(settings, job_entities(settings, entities), progress=show)
+    show.done()
+    click.echo(_summary(result))
+    if result.failed:
+        return EXIT_FAILURE
+    return EXIT_DRIFT if result.drift_left else EXIT_OK
+
+
+@main.command()
+@click.pass_context
+def serve(ctx: click.Context) -> None:
+    """Run the [[schedule.jobs]] of the config until SIGTERM (or Ctrl-C).
+
+    \b
+    Each job is a cron expression (5 fields, or 6 with seconds first) in its time zone and the entities it
+    audits; runs of the same entity never overlap. With run_missed = true a job whose scheduled run was
+    missed (per the history) runs once at start-up. SIGTERM lets the running job finish, then exits 0.
+
+    \b
+    Example config:
+      [[schedule.jobs]]
+      name = "nightly"
+      cron = "0 2 * * *"
+      timezone = "Europe/Berlin"
+      entities = ["ENTITY"]
+      run_missed = true
+    """
+    _guard(_serve)(ctx)
+
+
+def _serve(ctx: click.Context) -> int:
+    import logging
+
+    from reconciler.schedule import serve as serve_schedules
+
+    settings = _settings(ctx)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve_schedules(settings)
+    return EXIT_OK
+
+
+@main.command()
+@click.option("--entity", required=True, metavar="NAME", help="The entity whose runs to show.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="The last N runs.")
+@click.pass_context
+def history(ctx: click.Context, entity: str, limit: int) -> None:
+    """The trend of an entity: one line per recorded run, oldest first.
+
+    \b
+    Example:
+      reconcile history --entity ENTITY --limit 30
+    """
+    _guard(_history)(ctx, entity, limit)
+
+
+def _history(ctx: click.Context, entity: str, limit: int) -> int:
+    from reconciler.history import History
+
+    settings = _settings(ctx)
+    if not settings.history.enabled:
+        raise UsageError("history is disabled in the config ([history] enabled = false)")
+    with History.open(settings) as h:
+        runs = h.trend(entity, limit)
+    if not runs:
+        click.echo(f"no recorded runs of {entity}")
+        return EXIT_OK
+    click.echo(f"{'started (UTC)':<19}  {'run':<12}  {'job':<12}  {'postgres':>9}  {'firestore':>9}  {'matched':>9}  "
+               f"{'drifted':>8}  {'duration':>8}  outcome")
+    for r in runs:
+        c = r.counts
+        outcome = f"failed: {r.error}" if r.error else r.outcome
+        click.echo(f"{r.started_at.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S}  {r.run_id:<12}  {r.job[:12]:<12}  "
+                   f"{c.postgres:>9,}  {c.firestore:>9,}  {c.matched:>9,}  {r.drifted:>8,}  {r.duration_s:>6.1f} s  "
+                   f"{outcome}")
+    return EXIT_OK
+
+
+@main.command()
+@click.option("--entity", required=True, metavar="NAME", help="The entity the record belongs to.")
+@click.argument("doc_id", metavar="ID")
+@click.pass_context
+def explain(ctx: click.Context, entity: str, doc_id: str) -> None:
+    """Show one record on both sides: Postgres rows, Firestore document, both canonical, the differences,
+    and since when it drifts (history). Reads only this record and its subcollection documents.
+
+    \b
+    Example:
+      reconcile explain --entity ENTITY 6f1c2a4e-0b5d-4c7e-9a33-1f0e2d3c4b5a
+
+    \b
+    Exit codes: 0 in sync, 1 drift, 2 usage/config/rules error, 3 runtime failure.
+    """
+    _guard(_explain)(ctx, entity, doc_id)
+
+
+def _explain(ctx: click.Context, entity: str, doc_id: str) -> int:
+    from reconciler.explain import explain as explain_record, render
+
+    found = explain_record(_settings(ctx), entity, doc_id)
+    click.echo(render(found))
+    return EXIT_DRIFT if found.drifted else EXIT_OK
+
+
+@main.command("init-db")
+@click.pass_context
+def init_db(ctx: click.Context) -> None:
+    """Create our own tables: the run history (in history.dsn) and the repair audit trail (postgres.dsn).
+    Both are also created on first use; this is for a deployment step run with more rights."""
+    _guard(_init_db)(ctx)
+
+
+def _init_db(ctx: click.Context) -> int:
+    from reconciler.history import History
+    from reconciler.repair import ensure_log
+    from reconciler.sources.postgres import connect
+
+    settings = _settings(ctx)
+    if settings.history.enabled:
+        with History.open(settings) as h:
+            h.ensure_schema()
+        click.echo("history tables: ready (reconciler_runs, reconciler_run_entities, reconciler_findings)")
+    conn = connect(settings.postgres.dsn)
+    try:
+        ensure_log(conn)
+    finally:
+        conn.close()
+    click.echo("repair audit table: ready (reconciler_repairs)")
     return EXIT_OK
 
 

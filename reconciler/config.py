@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from reconciler import cron
 from reconciler.errors import ConfigError
 
 DEFAULT_CONFIG = Path("config/reconciler.toml")
@@ -73,6 +74,27 @@ class SentrySettings:
 
 
 @dataclass(frozen=True)
+class HistorySettings:
+    enabled: bool = True
+    dsn: str = ""  # empty: postgres.dsn (give another when the audit role may only read)
+
+
+@dataclass(frozen=True)
+class ScheduleJob:
+    name: str
+    cron: str  # 5 fields (crontab) or 6 (seconds first); validated with cron.trigger
+    timezone: str
+    entities: tuple[str, ...] = ()  # empty: audit.entities (what --all runs)
+    run_missed: bool = False  # at start-up, run once if history shows the last scheduled run was missed
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    timezone: str = "UTC"  # for jobs that name none
+    jobs: tuple[ScheduleJob, ...] = ()
+
+
+@dataclass(frozen=True)
 class Settings:
     source: str  # the config file read, or "(defaults)"
     rules_dir: Path
@@ -84,6 +106,12 @@ class Settings:
     repair: RepairSettings = field(default_factory=RepairSettings)
     mail: MailSettings = field(default_factory=MailSettings)
     sentry: SentrySettings = field(default_factory=SentrySettings)
+    history: HistorySettings = field(default_factory=HistorySettings)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+
+    @property
+    def history_dsn(self) -> str:
+        return self.history.dsn or self.postgres.dsn
 
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -95,7 +123,10 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
              "recipients": list, "entity_recipients": dict, "send": str, "mask": list, "ca_file": str,
              "timeout_s": (int, float)},
     "sentry": {"dsn": str, "environment": str, "min_drifted": int, "min_drift_ratio": (int, float)},
+    "history": {"enabled": bool, "dsn": str},
+    "schedule": {"timezone": str, "jobs": list},
 }
+_JOB: dict[str, type] = {"name": str, "cron": str, "entities": list, "timezone": str, "run_missed": bool}
 
 ENV = {
     "RECONCILER_PG_DSN": ("postgres", "dsn"),
@@ -103,6 +134,7 @@ ENV = {
     "RECONCILER_RULES_DIR": ("audit", "rules_dir"),
     "RECONCILER_REPORT_DIR": ("audit", "report_dir"),
     "SENTRY_DSN": ("sentry", "dsn"),
+    "RECONCILER_HISTORY_DSN": ("history", "dsn"),
 }
 
 
@@ -119,7 +151,7 @@ def _check(data: dict[str, Any], file: str) -> None:
                                   "variable that mail.password_env names", file=file, key="mail.password")
             if expected is None:
                 raise ConfigError(f"unknown key (known: {', '.join(_SCHEMA[section])})", file=file, key=f"{section}.{key}")
-            if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
+            if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
                 names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
                 raise ConfigError(f"must be {names}, got {value!r}", file=file, key=f"{section}.{key}")
             if isinstance(value, int) and not isinstance(value, bool) and value <= 0 and key != "min_drift_ratio":
@@ -130,6 +162,14 @@ def _check(data: dict[str, Any], file: str) -> None:
     for name in data.get("audit", {}).get("entities", []):
         if not isinstance(name, str) or not name:
             raise ConfigError(f"entity names must be non-empty strings, got {name!r}", file=file, key="audit.entities")
+    schedule = data.get("schedule", {})
+    if "timezone" in schedule:
+        _checked(cron.timezone, schedule["timezone"], file, "schedule.timezone")
+    for i, job in enumerate(schedule.get("jobs", [])):
+        _check_job(job, file, f"schedule.jobs[{i}]", schedule.get("timezone", "UTC"))
+    names = [j.get("name") for j in schedule.get("jobs", []) if isinstance(j, dict)]
+    for name in {n for n in names if names.count(n) > 1}:
+        raise ConfigError(f"two jobs are named {name!r}; names must be unique", file=file, key="schedule.jobs")
     _check_mail(data.get("mail", {}), file)
     ratio = data.get("sentry", {}).get("min_drift_ratio")
     if ratio is not None and not 0 <= ratio <= 1:
@@ -157,6 +197,31 @@ def _check_mail(mail: dict[str, Any], file: str) -> None:
         if not lists["mail.recipients"] and not mail.get("entity_recipients"):
             raise ConfigError("mail.host is set but nobody would get the report: set recipients or "
                               "entity_recipients", file=file, key="mail.recipients")
+
+
+def _checked(fn: Any, value: Any, file: str, key: str) -> Any:
+    try:
+        return fn(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc), file=file, key=key) from None
+
+
+def _check_job(job: Any, file: str, where: str, default_tz: str) -> None:
+    if not isinstance(job, dict):
+        raise ConfigError("must be a table ([[schedule.jobs]])", file=file, key=where)
+    for key, value in job.items():
+        expected = _JOB.get(key)
+        if expected is None:
+            raise ConfigError(f"unknown key (known: {', '.join(_JOB)})", file=file, key=f"{where}.{key}")
+        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+            raise ConfigError(f"must be {expected.__name__}, got {value!r}", file=file, key=f"{where}.{key}")
+    for key in ("name", "cron"):
+        if not job.get(key, "").strip():
+            raise ConfigError("is required and must not be empty", file=file, key=f"{where}.{key}")
+    if any(not isinstance(e, str) or not e for e in job.get("entities", [])):
+        raise ConfigError("entity names must be non-empty strings", file=file, key=f"{where}.entities")
+    tz = _checked(cron.timezone, job.get("timezone", default_tz), file, f"{where}.timezone")
+    _checked(lambda expr: cron.trigger(expr, tz), job["cron"], file, f"{where}.cron")
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -222,6 +287,8 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         repair=replace(RepairSettings(), **repair),
         mail=_mail(data.get("mail", {}), base, env, source),
         sentry=replace(SentrySettings(), **{k: float(v) if k == "min_drift_ratio" else v for k, v in sentry.items()}),
+        history=replace(HistorySettings(), **data.get("history", {})),
+        schedule=_schedule(data.get("schedule", {})),
     )
 
 
@@ -245,3 +312,10 @@ def _mail(mail: dict[str, Any], base: Path, env: Mapping[str, str], source: str)
         settings = replace(settings, password=password)
     return settings
 
+
+def _schedule(data: dict[str, Any]) -> ScheduleSettings:
+    tz = data.get("timezone", ScheduleSettings.timezone)
+    jobs = tuple(ScheduleJob(name=j["name"], cron=j["cron"], timezone=j.get("timezone", tz),
+                             entities=tuple(j.get("entities", ())), run_missed=j.get("run_missed", False))
+                 for j in data.get("jobs", ()))
+    return ScheduleSettings(timezone=tz, jobs=jobs)

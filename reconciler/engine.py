@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, str, int, int], None]  # (entity, collection, records so far, drifted so far)
 
 
-def _no_progress(entity: str, collection: str, records: int, drifted: int) -> None:
+def no_progress(entity: str, collection: str, records: int, drifted: int) -> None:
     pass
 
 
@@ -123,7 +123,7 @@ def document_path(rules: EntityRules, doc: DocumentSpec, key: Key) -> str:
 
 
 def audit_entity(rules: EntityRules, sides: Sides, settings: Settings, scope: Scope,
-                 progress: Progress = _no_progress, repair: Options | None = None,
+                 progress: Progress = no_progress, repair: Options | None = None,
                  run_id: str = "") -> EntityResult:
     """Audit one entity; with `repair`, then plan (and apply) the repair of what differs."""
     started = time.monotonic()
@@ -224,7 +224,7 @@ def limit_scope(rules: EntityRules, sides: Sides, limit: int) -> Scope:
 
 
 def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ...] | None = None,
-              limit: int | None = None, progress: Progress = _no_progress, repair: Options | None = None) -> RunResult:
+              limit: int | None = None, progress: Progress = no_progress, repair: Options | None = None) -> RunResult:
     """Audit (and with `repair`, repair) each entity; a runtime failure of one entity is recorded in its
     result and the others go on."""
     started = dt.datetime.now(dt.timezone.utc)

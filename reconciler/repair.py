@@ -358,7 +358,7 @@ class _Applier:
         self.fs = FirestoreWriter(sides.fs)
         self.target = rules.written_side
         self.itersize = settings.postgres.itersize
-        _ensure_log(self.pg)
+        ensure_log(self.pg)
 
     def apply(self, batch: list[_Plan]) -> dict[str, Repair]:
         if self.target == "firestore":
@@ -494,7 +494,7 @@ def _jsonb_safe(value: Any) -> Any:
     return value
 
 
-def _ensure_log(conn: psycopg.Connection) -> None:
+def ensure_log(conn: psycopg.Connection) -> None:
     conn.rollback()
     try:
         conn.execute(LOG_DDL)

@@ -53,8 +53,9 @@ class ReportPaths:
 # ------------------------------------------------------------------------------------------ JSON
 
 
-def to_dict(result: RunResult) -> dict[str, Any]:
-    """The report as JSON-ready data (see README, "Reports")."""
+def to_dict(result: RunResult, history: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """The report as JSON-ready data (see README, "Reports"). `history`: per entity, its recorded runs oldest
+    first (this one last) as {"run_id", "started_at", "drifted", "outcome"}: the drift-over-time chart."""
     return {
         "run_id": result.run_id,
         "mode": result.mode,
@@ -63,6 +64,8 @@ def to_dict(result: RunResult) -> dict[str, Any]:
         "duration_s": round((result.finished_at - result.started_at).total_seconds(), 3),
         "has_drift": result.has_drift,
         "entities": [_entity_dict(e) for e in result.entities],
+        **({"history": {e: [{**p, "started_at": to_json(p["started_at"])} for p in points]
+                        for e, points in history.items()}} if history else {}),
     }
 
 
@@ -179,6 +182,7 @@ def _view(report: dict[str, Any]) -> dict[str, Any]:
                    "counts": {k: sum(e["counts"][k] for e in entities) for k in COUNT_KEYS}},
         "entity_chart": _entity_chart(entities),
         "field_chart": _field_chart(entities),
+        "trend_charts": _trend_charts(report.get("history") or {}, report.get("run_id"), entities),
     }
 
 
@@ -364,6 +368,42 @@ def _field_chart(entities: list[dict[str, Any]]) -> dict[str, Any]:
             "total": len(items), "more": max(len(items) - TOP_FIELDS, 0)}
 
 
+TREND_H = 110  # px of the columns' area
+TREND_TOP = 20  # px above it: the scale label
+TREND_BOTTOM = 20  # px below it: the first and last date
+
+
+def _trend_charts(history: dict[str, Any], run_id: Any, entities: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per entity with recorded runs: drifted records per run as columns, oldest left, this run last."""
+    anchors = {e["name"]: e["anchor"] for e in entities}
+    charts = []
+    for name, points in history.items():
+        points = [p for p in points or () if isinstance(p, dict)]
+        if not points:
+            continue
+        top = max((_int(p.get("drifted")) for p in points), default=0)
+        slot = 100 / len(points)
+        columns = []
+        for i, p in enumerate(points):
+            n, status = _int(p.get("drifted")), str(p.get("outcome") or "")
+            h = max(n / top * TREND_H, 2.0) if top and n else 2.0  # a clean run is a thin line, not nothing
+            cls = "failed" if status == "failed" else ("drift" if n else "clean")
+            columns.append({
+                "x": _num(i * slot + slot * 0.15), "w": _num(slot * 0.7), "y": _num(TREND_TOP + TREND_H - h),
+                "h": _num(h), "cls": cls + (" current" if p.get("run_id") == run_id else ""),
+                "title": f"{_when(p.get('started_at'))} · run {p.get('run_id')}: {n:,} drifted"
+                         + (" (failed)" if status == "failed" else ""),
+            })
+        charts.append({
+            "entity": str(name), "id": "chart-trend-" + anchors.get(name, _anchor(str(name), set())).removeprefix("entity-"),
+            "columns": columns, "max": f"{top:,}", "runs": len(points),
+            "first": _when(points[0].get("started_at")), "last": _when(points[-1].get("started_at")),
+            "height": TREND_TOP + TREND_H + TREND_BOTTOM, "base_y": TREND_TOP + TREND_H,
+            "label_y": TREND_TOP + TREND_H + TREND_BOTTOM - 4,
+        })
+    return charts
+
+
 # ------------------------------------------------------------------------------------------ formatting
 
 
@@ -437,10 +477,12 @@ def _duration(seconds: Any) -> str:
 # ------------------------------------------------------------------------------------------ files
 
 
-def write_reports(result: RunResult, directory: Path) -> ReportPaths:
-    """Write DIR/report.json and DIR/report.html (creating DIR); each file is replaced atomically."""
+def write_reports(result: RunResult, directory: Path,
+                  history: dict[str, list[dict[str, Any]]] | None = None) -> ReportPaths:
+    """Write DIR/report.json and DIR/report.html (creating DIR); each file is replaced atomically.
+    `history`: see to_dict (without it the page has no drift-over-time chart)."""
     directory = Path(directory)
-    report = to_dict(result)
+    report = to_dict(result, history)
     html = render_html(report).encode("utf-8", errors="replace")  # rendered before anything is written
     try:
         data = json.dumps(report, indent=2, ensure_ascii=False).encode("utf-8")

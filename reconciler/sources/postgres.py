@@ -225,3 +225,25 @@ def copy_rows(conn: psycopg.Connection, table: str, key: dict[str, Any]) -> list
     where, params = _where(key)
     query = sql.SQL("SELECT to_jsonb(t) FROM {} AS t WHERE {}").format(sql.Identifier(table), where)
     return [r[0] for r in conn.execute(query, params)]
+
+
+# ---------------------------------------------------------------- triage (explain)
+
+def rows_of(conn: psycopg.Connection, schema: Schema, table: str, column: str, doc_id: str,
+            order_by: str | None = None) -> list[dict[str, Any]]:
+    """Every column of the rows whose `column` is this document ID, as the database returns them (newest
+    `order_by` first when given). An ID that cannot be a value of the column's type matches nothing."""
+    udt = schema[table][column]
+    if not _castable((doc_id,), udt):
+        return []
+    order = (sql.SQL("t.{} DESC NULLS LAST").format(sql.Identifier(order_by)) if order_by
+             else sql.SQL('t::text COLLATE "C"'))
+    query = sql.SQL("SELECT * FROM {} AS t WHERE t.{} = %s::{} ORDER BY {}").format(
+        sql.Identifier(table), sql.Identifier(column), sql.Identifier(udt), order)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query, [doc_id])
+            names = [d.name for d in cur.description or ()]
+            return [dict(zip(names, row)) for row in cur]
+    except psycopg.Error as exc:
+        raise RuntimeFailure(f"postgres: {_one_line(exc)}") from None
