@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import logging
 import socket
 import ssl
 import subprocess
@@ -66,6 +67,9 @@ def smtp(cert):
 
     inbox = Inbox()
     port = _free_port()
+    quiet = logging.getLogger("mail.log")  # aiosmtpd logs every connection at INFO
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
     controller = Controller(inbox, hostname="127.0.0.1", port=port, tls_context=ctx, require_starttls=True,
                             authenticator=authenticate, auth_required=True)
     controller.start()
@@ -73,6 +77,7 @@ def smtp(cert):
         yield inbox, port
     finally:
         controller.stop()
+        quiet.setLevel(level)
 
 
 def _mail(settings, port: int, cert: Path, **kw):
