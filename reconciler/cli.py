@@ -19,6 +19,7 @@ from reconciler.config import Settings, load_settings
 from reconciler.errors import ReconcilerError, UsageError
 from reconciler.repair import Options as RepairOptions
 from reconciler.result import EntityResult, RepairStatus, RunResult
+from reconciler.rules.naming import CONVENTIONS
 
 EXIT_OK, EXIT_DRIFT, EXIT_USAGE, EXIT_FAILURE = 0, 1, 2, 3
 
@@ -200,13 +201,14 @@ def main(ctx: click.Context, config: Path | None, entities: tuple[str, ...], all
 
     \b
     Examples:
-      reconcile --entity customers                    audit one entity
+      reconcile --entity ENTITY                       audit one entity (rules: RULES_DIR/ENTITY.yaml)
       reconcile --all --report-dir out/               every enabled entity, JSON + HTML report
-      reconcile --entity customers --limit 100        a quick look at the first 100 customers
-      reconcile --entity customers --ids ID1,ID2      just these records (incident triage)
-      reconcile --entity customers --repair           list the writes a repair would make
-      reconcile --entity customers --repair --apply   make them (toward the side that is not the truth)
-      reconcile rules check --entity customers        validate rules against the live schema
+      reconcile --entity ENTITY --limit 100           a quick look at the first 100 records
+      reconcile --entity ENTITY --ids ID1,ID2         just these records (incident triage)
+      reconcile --entity ENTITY --repair              list the writes a repair would make
+      reconcile --entity ENTITY --repair --apply      make them (toward the side that is not the truth)
+      reconcile rules check --entity ENTITY           validate rules against the live schema
+      reconcile rules new --table T --collection C    start a rules file from the live schema and documents
       reconcile explain --entity ENTITY ID            one record on both sides, and since when it drifts
       reconcile run-once                              the nightly job: audit, reports, history
       reconcile serve                                 run the configured schedules
@@ -302,6 +304,48 @@ def _rules_check(ctx: click.Context, entities: tuple[str, ...], offline: bool) -
         n = sum(len(d.columns) + len(d.geopoints) + sum(len(e.columns) for e in d.embeds) for d in r.documents)
         click.echo(f"{r.file}: ok ({r.entity}: {n} mapped columns, {len(r.subcollections)} subcollections"
                    f"{', checked against the live schema' if not offline else ''})")
+    return EXIT_OK
+
+
+@rules.command("new")
+@click.option("--table", required=True, metavar="TABLE", help="The Postgres table (its live columns are read).")
+@click.option("--collection", required=True, metavar="COLLECTION", help="The Firestore collection (a sample is read).")
+@click.option("--key", metavar="COLUMN", help="The column whose text is the document ID [default: id].")
+@click.option("--naming", type=click.Choice(sorted(CONVENTIONS)),
+              help="Column -> field naming [default: the one that matches more columns].")
+@click.option("--entity", metavar="NAME", help="The entity's name [default: the collection's].")
+@click.option("--sample", type=click.IntRange(min=1), default=50, show_default=True, help="Documents to read.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the file here (never over an existing "
+                                                                      "file) [default: standard output].")
+@click.pass_context
+def rules_new(ctx: click.Context, **options: Any) -> None:
+    """Write a starting rules file for a table and a collection, from the live schema and sample documents.
+
+    \b
+    Columns are matched to document fields by the naming convention (and flattened maps: billing_city <->
+    billing.city), types are guessed from the documents (money as strings, ISO timestamps), and whatever
+    could not be decided is listed as comments: unmatched columns, unmatched fields, TODO lines.
+
+    \b
+    Examples:
+      reconcile rules new --table T --collection C -o rules/ENTITY.yaml
+      reconcile rules new --table T --collection C --key COLUMN --naming identity
+    """
+    _guard(_rules_new)(ctx, **options)
+
+
+def _rules_new(ctx: click.Context, table: str, collection: str, key: str | None, naming: str | None,
+               entity: str | None, sample: int, output: Path | None) -> int:
+    if output is not None and output.exists():
+        raise UsageError(f"{output} exists; rules new never overwrites a file (remove it or choose another -o)")
+    text = engine.scaffold_rules(_settings(ctx), table=table, collection=collection, key=key, naming=naming,
+                                 entity=entity, sample=sample)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        click.echo(f"{output}: written; review it, then: reconcile rules check --entity {entity or collection}",
+                   err=True)
     return EXIT_OK
 
 

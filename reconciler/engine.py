@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from reconciler.config import Settings
 from reconciler.diff import diff_records
-from reconciler.errors import RulesError, RuntimeFailure
+from reconciler.errors import ReconcilerError, RulesError, RuntimeFailure, UsageError
 from reconciler.keys import Key, Scope, id_sort_key, merge_join
 from reconciler.logs import bind_run
 from reconciler.mapping import FirestoreMapper, PostgresMapper, shape_of
@@ -29,6 +29,7 @@ from reconciler.repair import Drift, Options, repair_entity
 from reconciler.result import Counts, EntityResult, Finding, FindingKind, RunResult
 from reconciler.rules import EntityRules, load_entity
 from reconciler.rules.model import DocumentSpec
+from reconciler.rules.scaffold import new_rules
 from reconciler.rules.schema_check import check_against_schema
 from reconciler.sources import Sides
 from reconciler.sources import firestore as fs_source
@@ -119,7 +120,7 @@ class _Tally:
 def document_path(rules: EntityRules, doc: DocumentSpec, key: Key) -> str:
     if doc.parent is None:
         return f"{doc.collection}/{key[0]}"
-    return f"{rules.root.collection}/{key[0]}/{doc.collection}/{key[1]}"
+    return f"{rules.top_collection}/{key[0]}/{doc.collection}/{key[1]}"
 
 
 def audit_entity(rules: EntityRules, sides: Sides, settings: Settings, scope: Scope,
@@ -159,9 +160,9 @@ def _audit_documents(rules: EntityRules, doc: DocumentSpec, pg_reader: pg_source
     shape = shape_of(doc)
     pg_records = ((k, pg_map.record(*raw)) for k, raw in pg_reader.stream(doc, scope))
     # the raw document rides along: repair keeps it (and its update time) for drifted records only
-    fs_records = ((k, (fs_map.record(d.fields), d)) for k, d in fs_reader.stream(doc, scope, rules.root.collection))
+    fs_records = ((k, (fs_map.record(d.fields), d)) for k, d in fs_reader.stream(doc, scope, rules.top_collection))
     n = 0
-    field_prefix = "" if doc.parent is None else f"{doc.collection}/"  # "ipAddresses/isp.name" in per-field counts
+    field_prefix = "" if doc.parent is None else f"{doc.collection}/"  # "<subcollection>/<field.path>" in per-field counts
     for key, pg, fs_pair in merge_join(prefetch(pg_records, name="postgres"), prefetch(fs_records, name="firestore"),
                                        entity=rules.entity):
         n += 1
@@ -218,34 +219,52 @@ def limit_scope(rules: EntityRules, sides: Sides, limit: int) -> Scope:
         pg_keys = [k for k, _ in islice(pg_reader.stream(doc, Scope()), limit)]
     finally:
         sides.pg.rollback()
-    fs_keys = [k for k, _ in islice(fs_reader.stream(doc, Scope(), doc.collection), limit)]
+    fs_keys = [k for k, _ in islice(fs_reader.stream(doc, Scope(), rules.top_collection), limit)]
     lasts = [keys[-1][0] for keys in (pg_keys, fs_keys) if len(keys) == limit]
     return Scope(upper=min(lasts, key=id_sort_key)) if lasts else Scope()
 
 
 def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ...] | None = None,
               limit: int | None = None, progress: Progress = no_progress, repair: Options | None = None) -> RunResult:
-    """Audit (and with `repair`, repair) each entity; a runtime failure of one entity is recorded in its
-    result and the others go on."""
+    """Audit (and with `repair`, repair) each entity. A failure of one entity (its rules file, the tables or
+    columns it names, or a runtime failure) is recorded in its result and the others go on; only when no
+    entity's rules hold up does the rules error itself stop the run."""
     started = dt.datetime.now(dt.timezone.utc)
     run_id = uuid.uuid4().hex[:12]
     bind_run(run_id)
-    entities = tuple(entities)
-    log.info("run started", extra={"mode": "repair" if repair else "audit", "entities": entities})
-    rules_list = load_rules(settings, entities)
+    names = list(dict.fromkeys(entities))
+    log.info("run started", extra={"mode": "repair" if repair else "audit", "entities": names})
+    failures: dict[str, ReconcilerError] = {}
+    rules_list = []
+    for name in names:
+        try:
+            rules_list.append(load_entity(settings.rules_dir, name))
+        except RulesError as exc:
+            failures[name] = exc
+    if not rules_list:
+        raise _first_error(failures)
     sides = open_sides(settings, [t for r in rules_list for t in r.tables()])
     try:
-        check_rules(rules_list, sides.schema)
-        results = []
         for rules in rules_list:
+            try:
+                check_rules([rules], sides.schema)
+            except RulesError as exc:
+                failures[rules.entity] = exc
+        if len(failures) == len(names):
+            raise _first_error(failures)
+        by_name = {r.entity: r for r in rules_list}
+        results = []
+        for name in names:
+            rules = by_name.get(name)
+            if name in failures or rules is None:
+                results.append(_failed(name, rules, f"rules: {failures[name]}"))
+                continue
             try:
                 scope = Scope(ids=ids) if ids else (limit_scope(rules, sides, limit) if limit else Scope())
                 results.append(audit_entity(rules, sides, settings, scope, progress, repair, run_id))
                 log.info("%s audited", rules.entity, extra={"entity": rules.entity, "drifted": results[-1].counts.drifted})
             except RuntimeFailure as exc:
-                log.error("%s: failed: %s", rules.entity, exc, extra={"entity": rules.entity})
-                results.append(EntityResult(entity=rules.entity, source_of_truth=rules.source_of_truth,
-                                            counts=Counts(), findings=(), findings_truncated=False, error=str(exc)))
+                results.append(_failed(name, rules, str(exc)))
     finally:
         sides.pg.close()
     result = RunResult(run_id=run_id, mode="repair" if repair else "audit", started_at=started,
@@ -254,9 +273,38 @@ def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ..
     return result
 
 
+def _failed(name: str, rules: EntityRules | None, error: str) -> EntityResult:
+    log.error("%s: failed: %s", name, error, extra={"entity": name})
+    return EntityResult(entity=name, source_of_truth=rules.source_of_truth if rules else "unknown", counts=Counts(),
+                        findings=(), findings_truncated=False, error=error)
+
+
+def _first_error(failures: dict[str, ReconcilerError]) -> ReconcilerError:
+    """Every entity failed before it was read: one entity's error as it is, several as one rules error."""
+    if len(failures) == 1:
+        return next(iter(failures.values()))
+    return RulesError("no entity's rules hold up:\n  " + "\n  ".join(f"{n}: {e}" for n, e in failures.items()))
+
+
 def live_schema(settings: Settings, tables: Iterable[str]) -> dict[str, dict[str, str]]:
     conn = pg_source.connect(settings.postgres.dsn)
     try:
         return pg_source.fetch_schema(conn, tuple(tables))
     finally:
         conn.close()
+
+
+def scaffold_rules(settings: Settings, *, table: str, collection: str, key: str | None = None,
+                   naming: str | None = None, entity: str | None = None, sample: int = 50) -> str:
+    """A starting rules file for `table` <-> `collection`, from the live columns and the first `sample` documents."""
+    columns = live_schema(settings, [table]).get(table)
+    if not columns:
+        raise UsageError(f"table {table!r} does not exist in the database's current schema")
+    if key is not None and key not in columns:
+        raise UsageError(f"--key {key!r} is not a column of {table} (columns: {', '.join(columns)})")
+    reader = fs_source.FirestoreReader(fs_source.connect(settings.firestore.project), timeout=settings.firestore.timeout_s)
+    documents = reader.sample(collection, sample)
+    if not documents:
+        raise UsageError(f"collection {collection!r} has no documents to learn the fields from")
+    return new_rules(entity=entity or collection, table=table, collection=collection, columns=columns,
+                     documents=documents, key=key, naming=naming)

@@ -1,6 +1,6 @@
 """THE key order shared by both streams (Firestore's), and the merge-join that relies on it.
 
-Firestore orders document IDs by their UTF-8 bytes, except IDs of the form `__id<n>__` ("numeric IDs"),
+Firestore sorts document IDs by their UTF-8 bytes, except IDs of the form `__id<n>__` ("numeric IDs"),
 which sort as integers before every string ID. Python compares `str` by code point, which is the same
 order as UTF-8 bytes, so only the numeric IDs need special handling. A record key is a tuple of IDs
 (parent ID, then child ID for subcollections), compared segment by segment like a document path.

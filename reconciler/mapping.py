@@ -401,6 +401,7 @@ def to_postgres(doc: DocumentSpec, key: str, record: dict[str, Any]) -> dict[str
         for map_key, element in items:
             row = _section_row(e.columns, e.geopoints, element)
             row[e.join] = key
+            row.update(e.where)
             if e.map_key:
                 row[e.map_key] = map_key
             table_rows.append(row)

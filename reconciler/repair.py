@@ -38,7 +38,7 @@ from reconciler.keys import Key, Scope
 from reconciler.mapping import (Branch, KeyedMap, KeyedSet, Node, PostgresMapper, canon, project,
                                 set_sort_key, shape_of, to_firestore, to_postgres)
 from reconciler.result import Counts, Finding, FindingKind, Repair, RepairAction, RepairStatus, RepairSummary
-from reconciler.rules.model import CompareOptions, DocumentSpec, Embed, EntityRules
+from reconciler.rules.model import CompareOptions, DocumentSpec, EntityRules, Reference
 from reconciler.sources import Sides
 from reconciler.sources import postgres as pg_source
 from reconciler.sources.firestore import FirestoreWriter, FsDoc, FsWrite
@@ -251,18 +251,25 @@ def _key_columns(doc: DocumentSpec) -> dict[str, tuple[str, ...]]:
     """The columns that identify a row of each table of the document."""
     out = {doc.table: ((doc.parent,) if doc.parent else ()) + (doc.key,)}
     for e in doc.embeds:
-        out[e.table] = (e.join,) + _embed_key(e)
+        out[e.table] = (e.join,) + e.row_key
     return out
 
 
-def _embed_key(e: Embed) -> tuple[str, ...]:
-    if e.kind == "map":
-        return (e.map_key,)  # type: ignore[return-value]
-    if e.kind == "set":
-        return e.set_key
-    if e.kind == "latest":
-        return (e.order_by,)  # type: ignore[return-value]
-    return ()
+def _references(doc: DocumentSpec) -> dict[str, dict[str, Reference]]:
+    """Per table, the columns whose canonical value is the referenced row's document ID, not the column's own."""
+    out: dict[str, dict[str, Reference]] = {}
+    sections = [(doc.table, doc.columns, {doc.parent: doc.parent_references} if doc.parent else {})]
+    sections += [(e.table, e.columns, {e.join: e.join_references}) for e in doc.embeds]
+    for table, columns, links in sections:
+        refs = {c.name: c.references for c in columns if c.references is not None}
+        refs.update({c: r for c, r in links.items() if r is not None})
+        out.setdefault(table, {}).update(refs)
+    return out
+
+
+def _resolved(values: dict[str, Any], refs: dict[str, Reference]) -> dict[str, Any]:
+    """Written through the reference: the foreign key is looked up from the referenced document ID."""
+    return {c: pg_source.Lookup(refs[c], v) if c in refs and v is not None else v for c, v in values.items()}
 
 
 def _rows(doc: DocumentSpec, key: Key, record: dict[str, Any] | None) -> dict[str, dict[tuple[str, ...], dict]]:
@@ -284,7 +291,7 @@ def _plan_postgres(d: Drift, action: RepairAction) -> _Plan:
     truth = _rows(d.doc, d.key, d.firestore_canonical)
     other = _rows(d.doc, d.key, d.postgres)
     writes: list[PgWrite] = []
-    tables = (d.doc.table, *(e.table for e in d.doc.embeds))
+    tables = tuple(dict.fromkeys((d.doc.table, *(e.table for e in d.doc.embeds))))  # two embeds may share one
     if action != RepairAction.DELETE:
         for table in tables:
             for k, row in truth.get(table, {}).items():
@@ -305,6 +312,9 @@ def _plan_postgres(d: Drift, action: RepairAction) -> _Plan:
                 writes.append(PgWrite(table, "upsert", key, {c: None for c in row if c not in key}))
             else:  # an element the document does not have
                 writes.append(PgWrite(table, "delete", key))
+    refs = _references(d.doc)
+    writes = [PgWrite(w.table, w.op, _resolved(w.key, refs.get(w.table, {})), _resolved(w.values, refs.get(w.table, {})))
+              for w in writes]
     return _Plan(d, action, pg=tuple(writes))
 
 
@@ -327,8 +337,12 @@ def _shown(p: _Plan) -> tuple[dict[str, Any], ...]:
         if w.op == "create":
             return ({"side": "firestore", "op": "create", "path": w.path, "document": to_json(canon(w.fields))},)
         return ({"side": "firestore", "op": "delete", "path": w.path},)
-    return tuple({"side": "postgres", "op": w.op, "table": w.table, "key": to_json(w.key),
-                  **({"values": to_json(w.values)} if w.op == "upsert" else {})} for w in p.pg)
+    return tuple({"side": "postgres", "op": w.op, "table": w.table, "key": to_json(_unresolved(w.key)),
+                  **({"values": to_json(_unresolved(w.values))} if w.op == "upsert" else {})} for w in p.pg)
+
+
+def _unresolved(values: dict[str, Any]) -> dict[str, Any]:
+    return {c: v.value if isinstance(v, pg_source.Lookup) else v for c, v in values.items()}
 
 
 # ------------------------------------------------------------------------------------------ apply

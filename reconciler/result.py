@@ -50,7 +50,7 @@ class Repair:
 
 @dataclass(frozen=True)
 class Finding:
-    key: str  # the Firestore document path, e.g. "customers/<id>/addresses/<addressId>"
+    key: str  # the Firestore document path, e.g. "<collection>/<id>/<subcollection>/<id>"
     kind: FindingKind
     fields: tuple[FieldDiff, ...] = ()
     repair: Repair | None = None  # set in repair mode

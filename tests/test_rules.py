@@ -79,3 +79,56 @@ def test_schema_check_names_unknown_tables_and_columns_with_lines():
     problems = check_against_schema(r, {})
     assert "table 'things' does not exist" in str(problems[0])
 
+
+
+# ---------------------------------------------------------------- references, where, parent_collection
+
+def test_every_rules_file_of_the_repo_loads():
+    from reconciler.rules import load_rules_dir
+
+    loaded = load_rules_dir(RULES)
+    assert {"customers", "orders", "customer_preferences", "conversations", "service_categories", "services",
+            "service_packages"} <= set(loaded)
+    services = loaded["services"]
+    category = next(c for c in services.root.columns if c.name == "category_id")
+    assert (category.references.table, category.references.column, category.references.join) == (
+        "service_categories", "firestore_id", "id")
+    assert services.subcollections[0].parent_references.table == "services"
+    prefs = loaded["customer_preferences"]
+    assert prefs.top_collection == "customers" and prefs.root.parent == "customer_id"
+    billing = next(e for e in loaded["orders"].root.embeds if e.into == ("billing_address",))
+    assert billing.where == (("address_type", "billing"),) and billing.row_key == ("address_type",)
+
+
+@pytest.mark.parametrize("text, line, message", [
+    (MINIMAL + "  other_id: {references: nodot}\n", 9, "must be TABLE.COLUMN"),
+    (MINIMAL + "  other_id: {references: {table: t}}\n", 9, "needs 'column'"),
+    (MINIMAL + "  other_id: {references: {table: t, column: c, via: x}}\n", 9, "unknown key 'via'"),
+    (MINIMAL + "embed:\n  - {table: kids, join: thing_id, as: one, into: kid, where: [a], columns: {age: }}\n",
+     10, "where must be a non-empty mapping"),
+    (MINIMAL + "embed:\n  - {table: kids, join: thing_id, as: one, into: kid, where: {age: 1}, columns: {age: }}\n",
+     10, "where column 'age' is also mapped"),
+    (MINIMAL.replace("key: id", "key: id\nparent: owner_id"), 6, "needs both `parent_collection`"),
+    (MINIMAL.replace("key: id", "key: id\nparent_references: owners.doc_id"), 6, "parent_references needs `parent`"),
+    (MINIMAL.replace("key: id", "key: id\nparent: o\nparent_collection: owners")
+     + "subcollections:\n  - {collection: x, table: x, key: id, parent: t_id, columns: {id: }}\n",
+     11, "cannot have subcollections"),
+])
+def test_new_keys_are_validated_with_file_and_line(text, line, message):
+    with pytest.raises(RulesError) as err:
+        parse_entity(text, "things.yaml")
+    assert str(err.value).startswith(f"things.yaml:{line}:") and message in str(err.value)
+
+
+def test_schema_check_names_missing_referenced_tables_and_columns():
+    r = parse_entity(MINIMAL + "  other_id: {references: others.doc_id}\n"
+                     + "embed:\n  - {table: kids, join: thing_id, as: one, into: kid, where: {kind: a}, "
+                       "columns: {age: }}\n", "things.yaml")
+    schema = {"things": {"id": "uuid", "display_name": "text", "other_id": "uuid"},
+              "kids": {"thing_id": "uuid", "age": "int4"}}
+    assert sorted(str(e) for e in check_against_schema(r, schema)) == [
+        "things.yaml:11: embed 'kids' where: column kids.kind does not exist (columns: age, thing_id)",
+        "things.yaml:9: references: table 'others' does not exist in the database's current schema"]
+    schema["others"] = {"id": "uuid"}
+    errors = [str(e) for e in check_against_schema(r, schema)]
+    assert "things.yaml:9: references: column others.doc_id does not exist (columns: id)" in errors

@@ -18,15 +18,18 @@ from reconciler.rules.model import (
     EntityRules,
     GeoPointRule,
     Path,
+    Reference,
 )
 from reconciler.rules.naming import CONVENTIONS
 
 TOP_KEYS = {"entity", "description", "source_of_truth", "naming", "compare", "collection", "table", "key",
-            "columns", "geopoints", "embed", "subcollections"}
+            "columns", "geopoints", "embed", "subcollections", "parent", "parent_collection", "parent_references"}
 COMPARE_KEYS = {"null_equals_absent", "number_tolerance"}
-EMBED_KEYS = {"table", "join", "as", "into", "columns", "geopoints", "order_by", "map_key", "set_key", "description"}
-SUB_KEYS = {"collection", "table", "key", "parent", "columns", "geopoints", "description"}
-COLUMN_KEYS = {"field", "ignore", "tolerance", "type"}
+EMBED_KEYS = {"table", "join", "as", "into", "columns", "geopoints", "order_by", "map_key", "set_key", "description",
+              "join_references", "where"}
+SUB_KEYS = {"collection", "table", "key", "parent", "parent_references", "columns", "geopoints", "description"}
+COLUMN_KEYS = {"field", "ignore", "tolerance", "type", "references"}
+REFERENCE_KEYS = {"table", "column", "join"}
 GEO_KEYS = {"field", "latitude", "longitude", "tolerance"}
 EMBED_KINDS = ("one", "latest", "map", "set")
 TYPES = ("decimal_string", "timestamp", "date", "string", "number", "json")
@@ -94,6 +97,40 @@ def _path(text: str, ctx: _Ctx, line: int | None) -> Path:
     return parts
 
 
+def _reference(node: CommentedMap, key: str, what: str, ctx: _Ctx) -> Reference | None:
+    """`TABLE.COLUMN` (joined on TABLE.id) or {table, column, join}."""
+    value = node.get(key)
+    if value is None:
+        return None
+    line = ctx.line_of(node, key)
+    if isinstance(value, str):
+        table, dot, column = value.partition(".")
+        if not dot or not table or not column or "." in column:
+            raise ctx.error(f"{what}.{key} must be TABLE.COLUMN (the referenced table and the column holding the "
+                            f"value the other side has) or {{table, column, join}}, got {value!r}", line)
+        return Reference(table=table, column=column, join="id", line=line or 0)
+    ctx.mapping(value, f"{what}.{key}", REFERENCE_KEYS, line, required=("table", "column"))
+    return Reference(table=ctx.string(value, "table", f"{what}.{key}") or "",
+                     column=ctx.string(value, "column", f"{what}.{key}") or "",
+                     join=ctx.string(value, "join", f"{what}.{key}", "id") or "id", line=line or 0)
+
+
+def _where(node: CommentedMap, what: str, ctx: _Ctx) -> tuple[tuple[str, str], ...]:
+    value = node.get("where")
+    if value is None:
+        return ()
+    line = ctx.line_of(node, "where")
+    if not isinstance(value, CommentedMap) or not value:
+        raise ctx.error(f"{what}.where must be a non-empty mapping of column -> value", line)
+    out = []
+    for column, v in value.items():
+        if not isinstance(column, str) or isinstance(v, (dict, list)) or v is None:
+            raise ctx.error(f"{what}.where.{column}: a column name and one scalar value, got {v!r}",
+                            ctx.line_of(value, column))
+        out.append((column, str(v).lower() if isinstance(v, bool) else str(v)))
+    return tuple(out)
+
+
 def _columns(section: CommentedMap, what: str, ctx: _Ctx) -> tuple[Column, ...]:
     raw = section.get("columns")
     if raw is None:
@@ -119,7 +156,8 @@ def _columns(section: CommentedMap, what: str, ctx: _Ctx) -> tuple[Column, ...]:
             raise ctx.error(f"{colwhat}.type must be one of {', '.join(TYPES)}, got {conv!r}", line)
         field = ctx.string(opts, "field", colwhat) or ctx.naming(name)
         columns.append(Column(name=name, path=_path(field, ctx, line), line=line or 0, ignore=ignore,
-                              tolerance=ctx.number(opts, "tolerance", colwhat), type=conv))
+                              tolerance=ctx.number(opts, "tolerance", colwhat), type=conv,
+                              references=_reference(opts, "references", colwhat, ctx)))
     return tuple(columns)
 
 
@@ -152,7 +190,8 @@ def _embed(node: Any, index: int, items: CommentedSeq, ctx: _Ctx) -> Embed:
                   into=_path(ctx.string(node, "into", what) or "", ctx, ctx.line_of(node, "into")),
                   columns=_columns(node, what, ctx), geopoints=_geopoints(node, what, ctx), line=line or 0,
                   order_by=ctx.string(node, "order_by", what), map_key=ctx.string(node, "map_key", what),
-                  set_key=tuple(str(k) for k in set_key))
+                  set_key=tuple(str(k) for k in set_key),
+                  join_references=_reference(node, "join_references", what, ctx), where=_where(node, what, ctx))
     needs = {"latest": "order_by", "map": "map_key", "set": "set_key"}.get(kind)
     if needs and not getattr(embed, needs):
         raise ctx.error(f"{what} is `as: {kind}` and needs {needs!r}", line)
@@ -163,6 +202,10 @@ def _embed(node: Any, index: int, items: CommentedSeq, ctx: _Ctx) -> Embed:
     for k in embed.set_key:
         if k not in mapped:
             raise ctx.error(f"{what}.set_key column {k!r} must also be listed under columns", ctx.line_of(node, "set_key"))
+    for k, _ in embed.where:
+        if k in mapped or k == embed.join:
+            raise ctx.error(f"{what}.where column {k!r} is also mapped or joined: a filtered column has one value "
+                            "and is not compared", ctx.line_of(node, "where"))
     return embed
 
 
@@ -173,6 +216,7 @@ def _subcollection(node: Any, index: int, items: CommentedSeq, ctx: _Ctx) -> Doc
     what = f"subcollection {node['collection']!r}"
     return DocumentSpec(collection=ctx.string(node, "collection", what) or "", table=ctx.string(node, "table", what) or "",
                         key=ctx.string(node, "key", what) or "", parent=ctx.string(node, "parent", what),
+                        parent_references=_reference(node, "parent_references", what, ctx),
                         columns=_columns(node, what, ctx), geopoints=_geopoints(node, what, ctx), line=line or 0)
 
 
@@ -252,8 +296,20 @@ def parse_entity(text: str, file: str, expected_entity: str | None = None) -> En
     compare = CompareOptions(null_equals_absent=null_eq, number_tolerance=1e-9 if tolerance is None else tolerance)
     embeds = ctx.seq(data, "embed", "rules")
     subs = ctx.seq(data, "subcollections", "rules")
+    parent, parent_collection = ctx.string(data, "parent", "rules"), ctx.string(data, "parent_collection", "rules")
+    if (parent is None) != (parent_collection is None):
+        raise ctx.error("a root collection that is a subcollection needs both `parent_collection` (its parents' "
+                        "collection) and `parent` (the column holding the parent document's key)",
+                        ctx.line_of(data, "parent" if parent is not None else "parent_collection"))
+    if data.get("parent_references") is not None and parent is None:
+        raise ctx.error("parent_references needs `parent`", ctx.line_of(data, "parent_references"))
+    if parent is not None and subs:
+        raise ctx.error("a root collection that is a subcollection (parent_collection) cannot have subcollections",
+                        ctx.line_of(data, "subcollections"))
     root = DocumentSpec(collection=ctx.string(data, "collection", "rules") or "", table=ctx.string(data, "table", "rules") or "",
                         key=ctx.string(data, "key", "rules") or "", columns=_columns(data, "rules", ctx),
+                        parent=parent, parent_collection=parent_collection,
+                        parent_references=_reference(data, "parent_references", "rules", ctx),
                         geopoints=_geopoints(data, "rules", ctx), line=1,
                         embeds=tuple(_embed(e, i, embeds, ctx) for i, e in enumerate(embeds)))
     rules = EntityRules(entity=entity, file=file, source_of_truth=truth, naming=naming, compare=compare, root=root,

@@ -16,6 +16,17 @@ class CompareOptions:
 
 
 @dataclass(frozen=True)
+class Reference:
+    """A foreign-key column compared through the referenced row: `table.join = column`, and the value that
+    stands for it is `table.column` (e.g. a UUID foreign key <-> the referenced document's ID)."""
+
+    table: str
+    column: str  # the referenced table's column whose value the other side holds (its document ID)
+    join: str  # the referenced table's column the foreign key holds (its primary key)
+    line: int
+
+
+@dataclass(frozen=True)
 class Column:
     """One Postgres column mapped to one Firestore field path (relative to its section)."""
 
@@ -25,6 +36,7 @@ class Column:
     ignore: bool = False  # mapped (known to both sides) but never compared: server-set values
     tolerance: float | None = None  # numbers: absolute; timestamps: seconds
     type: str | None = None  # an explicit conversion (see mapping.CONVERSIONS); None: by value type
+    references: Reference | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,14 @@ class Embed:
     order_by: str | None = None
     map_key: str | None = None
     set_key: tuple[str, ...] = ()
+    join_references: Reference | None = None  # `join` holds the parent's primary key, not its document ID
+    where: tuple[tuple[str, str], ...] = ()  # only rows with these column values (text); repair sets them
+
+    @property
+    def row_key(self) -> tuple[str, ...]:
+        """The columns that identify one of a parent's rows besides `join` (repair writes by them)."""
+        own = {"map": (self.map_key,), "set": self.set_key, "latest": (self.order_by,)}.get(self.kind, ())
+        return tuple(c for c, _ in self.where) + tuple(c for c in own if c)
 
     @property
     def select_columns(self) -> tuple[str, ...]:
@@ -85,6 +105,8 @@ class DocumentSpec:
     columns: tuple[Column, ...]
     line: int
     parent: str | None = None  # subcollections: the column holding the root document's key
+    parent_references: Reference | None = None  # `parent` holds the parent's primary key, not its document ID
+    parent_collection: str | None = None  # a root that is itself a subcollection: its parents' collection
     geopoints: tuple[GeoPointRule, ...] = ()
     embeds: tuple[Embed, ...] = ()
 
@@ -110,12 +132,27 @@ class EntityRules:
         return (self.root, *self.subcollections)
 
     @property
+    def top_collection(self) -> str:
+        """The collection at the top of every document path of this entity."""
+        return self.root.parent_collection or self.root.collection
+
+    @property
     def written_side(self) -> Literal["postgres", "firestore"]:
         """The side repair writes: the one that is not the source of truth."""
         return "firestore" if self.source_of_truth == "postgres" else "postgres"
 
     def tables(self) -> tuple[str, ...]:
-        return _unique(tuple(t for d in self.documents for t in (d.table, *(e.table for e in d.embeds))))
+        """Every table the rules read: the documents', the embeds' and the referenced ones."""
+        return _unique(tuple(t for d in self.documents for t in (d.table, *(e.table for e in d.embeds)))
+                       + tuple(r.table for r in self.references()))
+
+    def references(self) -> tuple[Reference, ...]:
+        out: list[Reference | None] = []
+        for d in self.documents:
+            out += [d.parent_references, *(c.references for c in d.columns)]
+            for e in d.embeds:
+                out += [e.join_references, *(c.references for c in e.columns)]
+        return tuple(r for r in out if r is not None)
 
 
 def _unique(names: tuple[str, ...]) -> tuple[str, ...]:

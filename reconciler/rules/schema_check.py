@@ -32,7 +32,8 @@ def check_against_schema(rules: EntityRules, schema: dict[str, dict[str, str]]) 
         need(doc.table, doc.parent, doc.line, f"collection {doc.collection!r} parent")
         for e in doc.embeds:
             if e.table in schema:
-                for col, what in ((e.join, "join"), (e.order_by, "order_by"), (e.map_key, "map_key")):
+                for col, what in ((e.join, "join"), (e.order_by, "order_by"), (e.map_key, "map_key"),
+                                  *((c, "where") for c, _ in e.where)):
                     need(e.table, col, e.line, f"embed {e.table!r} {what}")
         for table, _, columns, geopoints in sections:
             if table not in schema:
@@ -44,4 +45,10 @@ def check_against_schema(rules: EntityRules, schema: dict[str, dict[str, str]]) 
                     need(table, col, g.line, "geopoints")
                     if col in schema[table] and schema[table][col] not in NUMERIC:
                         err(f"geopoints: column {table}.{col} is {schema[table][col]}, not a number", g.line)
+    for ref in rules.references():
+        if ref.table not in schema:
+            err(f"references: table {ref.table!r} does not exist in the database's current schema", ref.line)
+            continue
+        need(ref.table, ref.column, ref.line, "references")
+        need(ref.table, ref.join, ref.line, "references join")
     return errors

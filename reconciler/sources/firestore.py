@@ -137,6 +137,11 @@ class FirestoreReader:
             for snap in self.call(lambda: list(query.stream(timeout=self.timeout))):
                 yield (parent, snap.id), _doc(snap)
 
+    def sample(self, collection: str, n: int) -> list[tuple[str, dict[str, Any]]]:
+        """The first n documents of a collection (ID, fields), in key order."""
+        query = self.client.collection(collection).order_by("__name__").limit(n)
+        return [(s.id, s.to_dict() or {}) for s in self.call(lambda: list(query.stream(timeout=self.timeout)))]
+
     def _paged(self, make_query: Callable[[], Any]) -> Iterator[Any]:
         """Every document of the query, in pages of page_size, resuming after the last one on transient errors."""
         last = None

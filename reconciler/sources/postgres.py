@@ -1,6 +1,6 @@
 """Postgres side: connection, live schema, and key-ordered streams of raw rows.
 
-Every stream is ordered exactly as Firestore orders document IDs (see keys.py): UUID columns by their
+Every stream is ordered exactly as Firestore sorts document IDs (see keys.py): UUID columns by their
 native order (byte order, which equals the order of their lowercase text), other keys by their text
 under COLLATE "C" with Firestore's numeric `__id<n>__` IDs first. Rows come through server-side
 cursors, so memory stays flat however large the tables are. Child tables folded into the parent
@@ -10,6 +10,7 @@ document (embeds) are streamed in the same order and grouped to their parent as 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import psycopg
@@ -18,7 +19,7 @@ from psycopg.types.json import Jsonb
 
 from reconciler.errors import RuntimeFailure
 from reconciler.keys import Key, Scope, SortKey, id_sort_key
-from reconciler.rules.model import DocumentSpec, Embed
+from reconciler.rules.model import Column, DocumentSpec, Embed, Reference
 
 Row = tuple[Any, ...]
 Schema = dict[str, dict[str, str]]  # table -> column -> type name (udt_name: uuid, text, numeric, ...)
@@ -109,18 +110,39 @@ class PostgresReader:
         except psycopg.Error as exc:
             raise RuntimeFailure(f"postgres: {_one_line(exc)}") from None
 
-    def _select(self, table: str, keys: list[str], columns: tuple[str, ...], scope_column: str, scope: Scope,
-                extra_order: list[sql.Composable] = ()) -> tuple[sql.Composable, list[Any]]:
-        types = self.schema[table]
-        select = [_text(k) for k in keys] + [sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns]
-        order = [term for k in keys for term in order_terms(k, types[k])] + list(extra_order)
-        where, params = sql.SQL(""), []
+    def _select(self, table: str, keys: list[tuple[str, Reference | None]], columns: tuple[str, ...],
+                refs: dict[str, Reference | None], scope: Scope, extra_order: list[sql.Composable] = (),
+                where: tuple[tuple[str, str], ...] = ()) -> tuple[sql.Composable, list[Any]]:
+        """SELECT keys (as text) and columns, in key order; the scope applies to the first key. A column with a
+        Reference is read (and ordered, and scoped) as the referenced row's column, through a LEFT JOIN."""
+        joins: list[sql.Composable] = []
+
+        def term(column: str, ref: Reference | None) -> tuple[str, str, str]:  # (alias, column, type)
+            if ref is None:
+                return "t", column, self.schema[table][column]
+            alias = f"r{len(joins)}"
+            joins.append(sql.SQL(" LEFT JOIN {} AS {a} ON {a}.{} = t.{}").format(
+                sql.Identifier(ref.table), sql.Identifier(ref.join), sql.Identifier(column), a=sql.Identifier(alias)))
+            return alias, ref.column, self.schema[ref.table][ref.column]
+
+        key_terms = [term(k, ref) for k, ref in keys]
+        col_terms = [term(c, refs.get(c)) for c in columns]
+        select = ([_text(c, a) for a, c, _ in key_terms]
+                  + [sql.SQL("{}.{}").format(sql.Identifier(a), sql.Identifier(c)) for a, c, _ in col_terms])
+        order = [t for a, c, udt in key_terms for t in order_terms(c, udt, a)] + list(extra_order)
+        conditions, params = [], []
+        for column, value in where:  # str parameters are sent untyped: Postgres reads them as the column's type
+            conditions.append(sql.SQL("t.{} = %s").format(sql.Identifier(column)))
+            params.append(value)
         if scope.ids is not None:  # compared in the column's own type, so that its index serves the lookup
-            where = sql.SQL(" WHERE t.{} = ANY(%s::{}[])").format(sql.Identifier(scope_column),
-                                                               sql.Identifier(types[scope_column]))
-            params.append(_castable(scope.ids, types[scope_column]))
-        query = sql.SQL("SELECT {} FROM {} AS t{} ORDER BY {}").format(
-            sql.SQL(", ").join(select), sql.Identifier(table), where, sql.SQL(", ").join(order))
+            a, c, udt = key_terms[0]
+            conditions.append(sql.SQL("{}.{} = ANY(%s::{}[])").format(sql.Identifier(a), sql.Identifier(c),
+                                                                     sql.Identifier(udt)))
+            params.append(_castable(scope.ids, udt))
+        query = sql.SQL("SELECT {} FROM {} AS t{}{} ORDER BY {}").format(
+            sql.SQL(", ").join(select), sql.Identifier(table), sql.SQL("").join(joins),
+            sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL(""),
+            sql.SQL(", ").join(order))
         return query, params
 
     def stream(self, doc: DocumentSpec, scope: Scope) -> Iterator[tuple[Key, RawRecord]]:
@@ -131,7 +153,7 @@ class PostgresReader:
             yield from self._stream_children(doc, scope)
 
     def _stream_root(self, doc: DocumentSpec, scope: Scope) -> Iterator[tuple[Key, RawRecord]]:
-        query, params = self._select(doc.table, [doc.key], doc.select_columns, doc.key, scope)
+        query, params = self._select(doc.table, [(doc.key, None)], doc.select_columns, _refs(doc.columns), scope)
         embeds = [_Grouped(self._embed_rows(e, scope)) for e in doc.embeds]
         for row in self._cursor_rows(query, params):
             root_id = row[0]
@@ -144,17 +166,23 @@ class PostgresReader:
         extra = []
         if embed.order_by:  # `latest`: the newest row of each parent comes first
             extra = [sql.SQL("t.{} DESC NULLS LAST").format(sql.Identifier(embed.order_by))]
-        query, params = self._select(embed.table, [embed.join], embed.select_columns, embed.join, scope, extra)
+        query, params = self._select(embed.table, [(embed.join, embed.join_references)], embed.select_columns,
+                                     _refs(embed.columns), scope, extra, embed.where)
         for row in self._cursor_rows(query, params):
             yield (id_sort_key(row[0]),), row
 
     def _stream_children(self, doc: DocumentSpec, scope: Scope) -> Iterator[tuple[Key, RawRecord]]:
         assert doc.parent is not None
-        query, params = self._select(doc.table, [doc.parent, doc.key], doc.select_columns, doc.parent, scope)
+        query, params = self._select(doc.table, [(doc.parent, doc.parent_references), (doc.key, None)],
+                                     doc.select_columns, _refs(doc.columns), scope)
         for row in self._cursor_rows(query, params):
             if scope.past_upper(row[0]):
                 return
             yield (row[0], row[1]), (row[1:], ())
+
+
+def _refs(columns: tuple[Column, ...]) -> dict[str, Reference | None]:
+    return {c.name: c.references for c in columns if c.references is not None}
 
 
 class _Grouped:
@@ -184,10 +212,30 @@ def begin_serializable(conn: psycopg.Connection) -> None:
     conn.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
 
 
+@dataclass(frozen=True)
+class Lookup:
+    """A foreign-key value written as the key of the row whose `ref.column` is `value` (a document ID)."""
+
+    ref: Reference
+    value: Any
+
+
+def _param(value: Any, udt: str) -> tuple[sql.Composable, Any]:
+    if isinstance(value, Lookup):
+        r = value.ref
+        return sql.SQL("(SELECT {} FROM {} WHERE {} = %s)").format(
+            sql.Identifier(r.join), sql.Identifier(r.table), sql.Identifier(r.column)), str(value.value)
+    return sql.Placeholder(), _adapt(value, udt)
+
+
 def _where(key: dict[str, Any]) -> tuple[sql.Composable, list[Any]]:
     # str parameters are sent untyped, so Postgres reads them as the column's type and can use its index
-    terms = [sql.SQL("{} = %s").format(sql.Identifier(c)) for c in key]
-    return sql.SQL(" AND ").join(terms), [str(v) for v in key.values()]
+    terms, params = [], []
+    for c, v in key.items():
+        fragment, param = _param(v if isinstance(v, Lookup) else str(v), "")
+        terms.append(sql.SQL("{} = {}").format(sql.Identifier(c), fragment))
+        params.append(param)
+    return sql.SQL(" AND ").join(terms), params
 
 
 def _adapt(value: Any, udt: str) -> Any:
@@ -201,17 +249,19 @@ def upsert_row(conn: psycopg.Connection, table: str, key: dict[str, Any], values
     table_id = sql.Identifier(table)
     where, params = _where(key)
     if values:
-        sets = sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in values)
-        cur = conn.execute(sql.SQL("UPDATE {} SET {} WHERE {}").format(table_id, sets, where),
-                           [_adapt(v, types.get(c, "")) for c, v in values.items()] + params)
+        sets = [(c, *_param(v, types.get(c, ""))) for c, v in values.items()]
+        cur = conn.execute(sql.SQL("UPDATE {} SET {} WHERE {}").format(
+            table_id, sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(c), f) for c, f, _ in sets), where),
+            [p for _, _, p in sets] + params)
     else:
         cur = conn.execute(sql.SQL("SELECT 1 FROM {} WHERE {}").format(table_id, where), params)
     if cur.rowcount:
         return "update"
-    row = {**{c: v for c, v in values.items() if v is not None}, **key}
+    row = [(c, *_param(v, types.get(c, ""))) for c, v in {**{c: v for c, v in values.items() if v is not None},
+                                                             **key}.items()]
     conn.execute(sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-        table_id, sql.SQL(", ").join(map(sql.Identifier, row)), sql.SQL(", ").join(sql.Placeholder() * len(row))),
-        [_adapt(v, types.get(c, "")) for c, v in row.items()])
+        table_id, sql.SQL(", ").join(sql.Identifier(c) for c, _, _ in row), sql.SQL(", ").join(f for _, f, _ in row)),
+        [p for _, _, p in row])
     return "insert"
 
 
