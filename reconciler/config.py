@@ -180,15 +180,15 @@ def _check_mail(mail: dict[str, Any], file: str) -> None:
     if mail.get("send", "on_drift") not in SEND_POLICIES:
         raise ConfigError(f"must be one of {', '.join(SEND_POLICIES)}, got {mail['send']!r}", file=file, key="mail.send")
     lists = {"mail.recipients": mail.get("recipients", []), "mail.mask": mail.get("mask", [])}
-    for entity, addresses in mail.get("entity_recipients", {}).items():
-        if not isinstance(addresses, list):
-            raise ConfigError(f"must be a list of addresses, got {addresses!r}", file=file,
+    for entity, recipients in mail.get("entity_recipients", {}).items():
+        if not isinstance(recipients, list):
+            raise ConfigError(f"must be a list of e-mail recipients, got {recipients!r}", file=file,
                               key=f"mail.entity_recipients.{entity}")
-        lists[f"mail.entity_recipients.{entity}"] = addresses
+        lists[f"mail.entity_recipients.{entity}"] = recipients
     for key, values in lists.items():
         for v in values:
             if not isinstance(v, str) or not v.strip() or (key != "mail.mask" and "@" not in v):
-                what = "patterns" if key == "mail.mask" else "e-mail addresses"
+                what = "patterns" if key == "mail.mask" else "e-mail recipients (name@domain)"
                 raise ConfigError(f"must be a list of {what}, got {v!r}", file=file, key=key)
     if mail.get("host"):
         if "@" not in mail.get("from", ""):

@@ -29,7 +29,7 @@ FINDINGS_IN_TEXT = 20  # per entity, in the text part (the HTML part lists them 
 
 def send_run_report(settings: Settings, result: RunResult, html: str | None = None,
                     previous: RunResult | None = None) -> list[str]:
-    """Mail the run's report as `settings.mail` says; returns the addresses mailed (none: nothing sent).
+    """Mail the run's report as `settings.mail` says; returns the recipients mailed (none: nothing sent).
 
     `html` (the report page as already rendered, e.g. with history charts) is used as the HTML part only
     when it may be: a mail with every entity of the run and masking off. Otherwise the HTML part is

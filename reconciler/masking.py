@@ -4,8 +4,8 @@ Masking works on the report dict (`report.to_dict`), so the e-mail's text and HT
 rendered from the masked dict, show the same masked values. A field path matches a pattern when the
 pattern, case-insensitively, is a substring of it (`email` masks `email`, `emailLowercase`,
 `contact.email`) or, if it has glob characters, matches it whole (`*.name`). Paths of subdocuments are
-matched with their collection in front (`addresses/street`), so `address` masks every field of an
-addresses subcollection. Nested values are masked by their own paths (`sources.x` holding {"email": ...}).
+matched with their collection in front (`CHILD/street`), so a pattern naming a subcollection masks every
+field of it. Nested values are masked by their own paths (`links.x` holding {"email": ...}).
 The path, and whether a value is absent, stay visible: the reader still sees which field differs.
 """
 
@@ -44,7 +44,7 @@ class Mask:
 
 
 def _prefix(key: str) -> str:
-    """customers/<id>/addresses/<aid> -> "addresses/": subdocument paths are matched with their collection."""
+    """PARENT/<id>/CHILD/<cid> -> "CHILD/": subdocument paths are matched with their collection."""
     parts = key.split("/")
     return f"{parts[-2]}/" if len(parts) > 2 else ""
 

@@ -262,7 +262,7 @@ def test_mail_and_sentry_config_is_validated(tmp_path):
         load('[mail]\nstarttls = "yes"\n')
     with pytest.raises(ConfigError, match="mail.port: must be int"):
         load('[mail]\nport = true\n')
-    with pytest.raises(ConfigError, match="mail.recipients: must be a list of e-mail addresses"):
+    with pytest.raises(ConfigError, match="mail.recipients: must be a list of e-mail recipients"):
         load('[mail]\nrecipients = ["nobody"]\n')
     with pytest.raises(ConfigError, match="mail.recipients: mail.host is set but nobody would get the report"):
         load('[mail]\nhost = "h"\nfrom = "r@x.example"\n')
