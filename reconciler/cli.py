@@ -409,15 +409,9 @@ def serve(ctx: click.Context) -> None:
 
 
 def _serve(ctx: click.Context) -> int:
-    import logging
-
     from reconciler.schedule import serve as serve_schedules
 
-    settings = _settings(ctx)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve_schedules(settings)
+    serve_schedules(_settings(ctx))  # logging: configured by main (logs.configure), JSON lines off a terminal
     return EXIT_OK
 
 
