@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import click
 
-from reconciler import alerts, engine, logs, mail
+from reconciler import alerts, engine, logs, runner
 from reconciler.config import Settings, load_settings
 from reconciler.errors import ReconcilerError, UsageError
 from reconciler.repair import Options as RepairOptions
@@ -271,8 +271,7 @@ def _audit(ctx: click.Context, entities: tuple[str, ...], all_entities: bool, re
 
         paths = write_reports(result, settings.report_dir)
         click.echo(f"report: {paths.html}\n        {paths.json}")
-    alerts.send_run_alerts(settings, result)
-    mail.send_run_report(settings, result)  # no run history here: on_change compares with a run without drift
+    runner.deliver(settings, result)  # no run history here: on_change compares with a run without drift
     if result.failed:
         return EXIT_FAILURE
     return EXIT_DRIFT if result.drift_left else EXIT_OK
@@ -374,11 +373,9 @@ def run_once(ctx: click.Context, entities: tuple[str, ...]) -> None:
 
 
 def _run_once(ctx: click.Context, entities: tuple[str, ...]) -> int:
-    from reconciler.runner import job_entities, run_job
-
     settings = _settings(ctx)
     show = _Progress(sys.stderr.isatty())
-    result = run_job(settings, job_entities(settings, entities), progress=show)
+    result = runner.run_job(settings, runner.job_entities(settings, entities), progress=show)
     show.done()
     click.echo(_summary(result))
     if result.failed:

@@ -310,3 +310,35 @@ def test_no_value_under_a_masked_path_survives_and_nothing_else_changes(fields, 
                 assert not mask.matches(path) or value in (None, MASKED), (path, value)
             if not any(mask.matches(path) for path, _ in _nodes(before["path"], before[side])):
                 assert after[side] == before[side]  # and nothing else is touched
+
+
+def test_run_once_mails_on_change_against_the_previous_run_in_history(smtp, cert, audits, customers_loaded, fs_client,
+                                                                      tmp_path, monkeypatch):
+    """run_job delivers: with send = "on_change" the previous run comes from the history, so the same drift
+    twice mails once, and a newly drifted record mails again."""
+    from click.testing import CliRunner
+
+    from reconciler.cli import main
+
+    inbox, port = smtp
+    settings, _, _, personal, p = audits
+    cfg = tmp_path / "reconciler.toml"
+    cfg.write_text(f"""[audit]\nrules_dir = "{settings.rules_dir}"\nentities = ["customers"]
+[postgres]\ndsn = "{settings.postgres.dsn}"
+[mail]\nhost = "127.0.0.1"\nport = {port}\nusername = "{USER}"\nfrom = "reconciler@ops.example"
+recipients = ["oncall@ops.example"]\nca_file = "{cert[0]}"\nsend = "on_change"\n""")
+    monkeypatch.setenv("RECONCILER_SMTP_PASSWORD", PASSWORD)
+
+    def run_once() -> int:
+        r = CliRunner().invoke(main, ["--config", str(cfg), "run-once"])
+        assert r.exit_code == 1, r.output
+        return len(inbox.messages)
+
+    assert run_once() == 1  # no history yet: drift is a change from "no drift"
+    assert run_once() == 1  # the same drift as the recorded run: no mail
+    fs_client.collection("customers").document(p.id).update({"lastName": "Changed"})
+    assert run_once() == 1, "another field of an already drifted record: the same keys and counts, no change"
+    fs_client.collection("customers").document(customers_loaded.people[2].id).update({"metrics.totalOrders": 999})
+    assert run_once() == 2  # a newly drifted record
+    whole = "".join(m.as_string() for _, m in inbox.messages)
+    assert not any(v in whole for v in personal)
