@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import sys
 import time
@@ -16,7 +17,7 @@ from typing import Any, Callable
 
 import click
 
-from reconciler import engine, stop
+from reconciler import alerts, engine, logs, runner, stop
 from reconciler.config import Settings, load_settings
 from reconciler.errors import ReconcilerError, UsageError
 from reconciler.redact import LogFilter, dsn_password, scrub
@@ -42,6 +43,15 @@ def _fail(exc: BaseException, debug: bool, code: int, message: str) -> None:
     sys.exit(code)
 
 
+def _to_sentry(exc: BaseException) -> None:
+    """A runtime failure (not a usage error) goes to Sentry when a DSN is configured."""
+    try:
+        settings = _settings(click.get_current_context())
+    except ReconcilerError:
+        return  # the settings themselves are broken: nothing to send with
+    alerts.capture_failure(settings, exc)
+
+
 def _guard(fn: Callable[..., int]) -> Callable[..., None]:
     """The one error boundary: typed errors become one line and their exit code; --debug shows the traceback."""
     def wrapper(*args: Any, **kwargs: Any) -> None:
@@ -53,11 +63,14 @@ def _guard(fn: Callable[..., int]) -> Callable[..., None]:
         try:
             code = fn(*args, **kwargs)
         except ReconcilerError as exc:
+            if exc.exit_code == EXIT_FAILURE:
+                _to_sentry(exc)
             _fail(exc, debug, exc.exit_code, f"reconcile: error: {exc}")
         except KeyboardInterrupt:
             _say("reconcile: interrupted", err=True)
             sys.exit(130)
         except Exception as exc:  # a bug or an unexpected library error: still one line unless --debug
+            _to_sentry(exc)
             _fail(exc, debug, EXIT_FAILURE, f"reconcile: unexpected error: {type(exc).__name__}: {exc}"
                                             f"{'' if debug else ' (run with --debug for the traceback)'}")
         sys.exit(code)
@@ -191,11 +204,18 @@ def _split_ids(values: tuple[str, ...]) -> tuple[str, ...] | None:
               help="Continue the audit run RUN_ID from its checkpoints (audit.checkpoint_every) instead of "
                    "starting over; give the same entities.")
 @click.option("--progress/--no-progress", default=None, help="Progress line on stderr [default: when it is a terminal].")
+@click.option("--log-format", type=click.Choice(logs.FORMATS), default="auto", envvar="RECONCILER_LOG_FORMAT",
+              show_default=True, help="Log lines on stderr: JSON lines, or text; auto: text on a terminal, else JSON "
+                                      "[env RECONCILER_LOG_FORMAT].")
+@click.option("--log-level", type=click.Choice(logs.LEVELS, case_sensitive=False), default="info",
+              envvar="RECONCILER_LOG_LEVEL", show_default=True,
+              help="The least severe log lines shown [env RECONCILER_LOG_LEVEL].")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.pass_context
 def main(ctx: click.Context, config: Path | None, entities: tuple[str, ...], all_entities: bool,
          report_dir: Path | None, limit: int | None, ids: tuple[str, ...], pg_dsn: str | None,
-         firestore_project: str | None, progress: bool | None, debug: bool, **repair_flags: Any) -> None:
+         firestore_project: str | None, progress: bool | None, log_format: str, log_level: str, debug: bool,
+         **repair_flags: Any) -> None:
     """Audit (and repair) drift between PostgreSQL and Firestore.
 
     \b
@@ -222,7 +242,15 @@ def main(ctx: click.Context, config: Path | None, entities: tuple[str, ...], all
     \b
     Exit codes: 0 no drift (or all of it repaired), 1 drift found (and not all repaired),
     2 usage/config/rules error, 3 runtime failure (unreachable database, a failed or refused repair).
+
+    \b
+    After a run, the report is e-mailed ([mail] in the config; personal data masked) and drift above
+    [sentry] min_drifted raises one Sentry event per entity (with a DSN: [sentry] dsn or SENTRY_DSN).
+    Logs go to stderr as JSON lines with the run id (text on a terminal); the summary goes to stdout.
     """
+    logs.configure(log_format, log_level)
+    for handler in logging.getLogger().handlers:  # the log leaves the machine too: no passwords in it
+        handler.addFilter(LogFilter(_SECRETS))
     if ctx.invoked_subcommand is not None:
         return
     repair = None
@@ -266,6 +294,7 @@ def _audit(ctx: click.Context, entities: tuple[str, ...], all_entities: bool, re
 
         paths = write_reports(result, settings.report_dir, secrets=_SECRETS)
         _say(f"report: {paths.html}\n        {paths.json}")
+    runner.deliver(settings, result)  # no run history here: on_change compares with a run without drift
     if stop.requested():
         _say("reconcile: stopped by SIGTERM: the writes listed as interrupted were not made; run again to finish",
              err=True)
@@ -373,11 +402,9 @@ def run_once(ctx: click.Context, entities: tuple[str, ...]) -> None:
 
 
 def _run_once(ctx: click.Context, entities: tuple[str, ...]) -> int:
-    from reconciler.runner import job_entities, run_job
-
     settings = _settings(ctx)
     show = _Progress(sys.stderr.isatty())
-    result = run_job(settings, job_entities(settings, entities), progress=show)
+    result = runner.run_job(settings, runner.job_entities(settings, entities), progress=show)
     show.done()
     _say(_summary(result))
     if result.failed:
@@ -408,17 +435,9 @@ def serve(ctx: click.Context) -> None:
 
 
 def _serve(ctx: click.Context) -> int:
-    import logging
-
     from reconciler.schedule import serve as serve_schedules
 
-    settings = _settings(ctx)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:  # the log leaves the machine too: no passwords in it
-        handler.addFilter(LogFilter(_SECRETS))
-    serve_schedules(settings)
+    serve_schedules(_settings(ctx))  # logging: configured by main (logs.configure), JSON lines off a terminal
     return EXIT_OK
 
 

@@ -7,7 +7,9 @@ main thread merge-joins them and diffs what both sides have.
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
+import logging
 import queue
 import threading
 import time
@@ -21,6 +23,7 @@ from reconciler import backoff, checkpoint, settle, stop
 from reconciler.config import Settings
 from reconciler.errors import ReconcilerError, RulesError, RuntimeFailure, UsageError
 from reconciler.keys import Key, Scope, id_sort_key, merge_join, sort_key
+from reconciler.logs import bind_run
 from reconciler.mapping import FirestoreMapper, PostgresMapper, shape_of
 from reconciler.repair import Drift, Options, check_privileges, repair_entity
 from reconciler.result import Counts, EntityResult, Finding, FindingKind, RunResult
@@ -33,6 +36,7 @@ from reconciler.sources import firestore as fs_source
 from reconciler.sources import postgres as pg_source
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 Progress = Callable[[str, str, int, int], None]  # (entity, collection, records so far, drifted so far)
 
 
@@ -62,14 +66,17 @@ def prefetch(items: Iterable[T], size: int = 2000, name: str = "prefetch") -> It
 
     def produce() -> None:
         try:
-            for item in items:
+            n = 0
+            for n, item in enumerate(items, 1):
                 if not put(item):
                     return
+            log.debug("%s: %d read", name, n)
             put(_Done)
         except BaseException as exc:  # handed to the consumer, which re-raises it
             put(exc)
 
-    thread = threading.Thread(target=produce, name=name, daemon=True)
+    # the producer runs in a copy of this context: its log lines carry the run id (logs.bind_run)
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(produce,), name=name, daemon=True)
     thread.start()
     try:
         while True:
@@ -292,7 +299,9 @@ def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ..
     entity's rules hold up does the rules error itself stop the run."""
     started = dt.datetime.now(dt.timezone.utc)
     run_id = resume or uuid.uuid4().hex[:12]
+    bind_run(run_id)
     names = list(dict.fromkeys(entities))
+    log.info("run started", extra={"mode": "repair" if repair else "audit", "entities": names})
     failures: dict[str, ReconcilerError] = {}
     rules_list = []
     for name in names:
@@ -337,14 +346,17 @@ def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ..
                     rules, s, settings, Scope(ids=ids) if ids else (limit_scope(rules, s, limit) if limit else Scope()),
                     progress, repair, run_id, store))
                 results.append(result)
+                log.info("%s audited", rules.entity, extra={"entity": rules.entity, "drifted": results[-1].counts.drifted})
             except RuntimeFailure as exc:
                 results.append(_failed(name, rules, str(exc)))
     finally:
         sides.pg.close()
         if store is not None:
             store.close()
-    return RunResult(run_id=run_id, mode="repair" if repair else "audit", started_at=started,
-                     finished_at=dt.datetime.now(dt.timezone.utc), entities=tuple(results))
+    result = RunResult(run_id=run_id, mode="repair" if repair else "audit", started_at=started,
+                       finished_at=dt.datetime.now(dt.timezone.utc), entities=tuple(results))
+    log.info("run finished", extra={"drift": result.has_drift, "failed": result.failed})
+    return result
 
 
 def _with_reconnects(settings: Settings, sides: Sides, fn: Callable[[Sides], T]) -> tuple[T, Sides]:
@@ -364,6 +376,7 @@ def _with_reconnects(settings: Settings, sides: Sides, fn: Callable[[Sides], T])
 
 
 def _failed(name: str, rules: EntityRules | None, error: str) -> EntityResult:
+    log.error("%s: failed: %s", name, error, extra={"entity": name})
     return EntityResult(entity=name, source_of_truth=rules.source_of_truth if rules else "unknown", counts=Counts(),
                         findings=(), findings_truncated=False, error=error)
 

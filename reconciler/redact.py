@@ -67,7 +67,7 @@ class LogFilter:
     """A logging filter (put it on handlers) that scrubs the secrets from every formatted message."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        self.secrets = tuple(s for s in secrets if s)
+        self.secrets = secrets  # kept by reference: a list filled in once the settings are read
 
     def filter(self, record: Any) -> bool:
         message = record.getMessage()

@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import functools
 import json
+import logging
 import math
 import os
 import re
@@ -29,6 +30,7 @@ from reconciler.redact import scrub_data
 from reconciler.result import EntityResult, Finding, FindingKind, Repair, RepairSummary, RunResult
 from reconciler.values import to_json
 
+log = logging.getLogger(__name__)
 TEMPLATE = "report.html.j2"
 # Installed from a wheel: reconciler/_templates (pyproject force-include). From the repo: reports/templates.
 TEMPLATE_DIRS = (
@@ -497,6 +499,7 @@ def write_reports(result: RunResult, directory: Path,
         _write_atomically(paths.html, html)
     except OSError as exc:
         raise RuntimeFailure(f"cannot write the report to {directory}: {exc}") from exc
+    log.info("report written", extra={"html": str(paths.html), "json": str(paths.json)})
     return paths
 
 
