@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from reconciler.config import Settings
 from reconciler.errors import ConfigError
 from reconciler.logs import current_run_id
+from reconciler.redact import scrub_data
 from reconciler.report import COUNT_KEYS
 from reconciler.result import EntityResult, RunResult
 
@@ -58,7 +59,7 @@ def capture_failure(settings: Settings, exc: BaseException) -> None:
             event, hint = event_from_exception(exc, client_options=scope.get_client().options,
                                                mechanism={"type": "reconciler", "handled": False})
             event["tags"] = {"run_id": current_run_id() or "none"}
-            scope.capture_event(event, hint=hint)
+            scope.capture_event(scrub_data(event, settings.secrets()), hint=hint)  # no password leaves in it
     except Exception as err:  # noqa: BLE001 - see the docstring
         log.warning("could not send the failure to Sentry: %s: %s", type(err).__name__, err)
 

@@ -264,3 +264,28 @@ def test_passwords_never_reach_output_or_reports(password_role, pg_server, tmp_p
         text = p.read_text(errors="replace")
         for form in forms:
             assert form not in text, (p, form)
+
+
+def test_a_failure_sent_to_sentry_carries_no_password(customers_loaded, tmp_path):
+    from dataclasses import replace
+
+    from test_alerts import Envelopes, _with_dsn
+
+    from reconciler.alerts import capture_failure
+    from reconciler.errors import RuntimeFailure
+
+    settings, _ = customers_loaded
+    enc = quote(PASSWORD, safe="")
+    settings = replace(settings, postgres=replace(settings.postgres, dsn=f"postgresql://u:{enc}@127.0.0.1:1/db"))
+    sentry = Envelopes()
+    try:
+        try:
+            raise RuntimeFailure(f"postgres: a library quoted the DSN postgresql://u:{enc}@127.0.0.1:1/db back")
+        except RuntimeFailure as exc:
+            capture_failure(_with_dsn(settings, sentry.dsn), exc)
+        (ev,) = sentry.events()
+        sent = b"".join(sentry.raw).decode()
+    finally:
+        sentry.stop()
+    assert "postgresql://u:***@127.0.0.1:1/db" in ev["exception"]["values"][0]["value"]
+    assert enc not in sent and PASSWORD not in sent
