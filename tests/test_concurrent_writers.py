@@ -29,12 +29,15 @@ def _dual_writer(dsn: str, client, ids: list[str], stop: threading.Event, gap_s:
 
 def test_writes_during_the_audit_are_not_drift_and_real_drift_is_found(customers_loaded, fs_client, pg_dsn):
     settings, people = customers_loaded
-    settings = dataclasses.replace(settings, settle_s=0.3)
+    # settle_s: re-read what differs; recent_s: a dual write whose Firestore half is still on its way when the
+    # re-read happens (a loaded machine stretches the app's 20 ms gap) is in flight, as DESIGN asks
+    settings = dataclasses.replace(settings, settle_s=0.3, recent_s=1.0)
     drifted_fs, drifted_pg = people[0].id, people[1].id
     fs_client.collection("customers").document(drifted_fs).update({"lastName": "Drifted"})
     with psycopg.connect(pg_dsn) as conn:
         conn.execute("UPDATE customers SET phone = '+000' WHERE id = %s", (drifted_pg,))
     expected = {(f"customers/{drifted_fs}", ("lastName",)), (f"customers/{drifted_pg}", ("phone",))}
+    time.sleep(settings.recent_s + 0.2)  # the injected drift is older than the in-flight window: real drift
     busy = [p.id for p in people[2:12]]  # the writer's customers: few, so that each is written often
 
     stop, done = threading.Event(), [0]
