@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-from reconciler import engine, parallel
+from reconciler import alerts, engine, logs, parallel, runner, stop
 from reconciler.config import Settings, load_settings
 from reconciler.errors import ReconcilerError, UsageError
+from reconciler.redact import LogFilter, dsn_password, scrub
 from reconciler.repair import Options as RepairOptions
 from reconciler.result import EntityResult, RepairStatus, RunResult
 from reconciler.rules.naming import CONVENTIONS
@@ -24,30 +28,51 @@ from reconciler.rules.naming import CONVENTIONS
 EXIT_OK, EXIT_DRIFT, EXIT_USAGE, EXIT_FAILURE = 0, 1, 2, 3
 
 
-def _fail(exc: ReconcilerError, debug: bool) -> None:
-    if debug:
-        raise exc
-    click.echo(f"reconcile: error: {exc}", err=True)
-    sys.exit(exc.exit_code)
+_SECRETS: list[str] = []  # this invocation's passwords: scrubbed from everything it prints or writes
+
+
+def _say(text: str, *, err: bool = False, nl: bool = True) -> None:
+    """Every line the command prints goes through here."""
+    click.echo(scrub(text, _SECRETS), err=err, nl=nl)
+
+
+def _fail(exc: BaseException, debug: bool, code: int, message: str) -> None:
+    if debug:  # the traceback, with the secrets scrubbed from it like from everything else
+        _say(traceback.format_exc().rstrip(), err=True)
+    _say(message, err=True)
+    sys.exit(code)
+
+
+def _to_sentry(exc: BaseException) -> None:
+    """A runtime failure (not a usage error) goes to Sentry when a DSN is configured."""
+    try:
+        settings = _settings(click.get_current_context())
+    except ReconcilerError:
+        return  # the settings themselves are broken: nothing to send with
+    alerts.capture_failure(settings, exc)
 
 
 def _guard(fn: Callable[..., int]) -> Callable[..., None]:
     """The one error boundary: typed errors become one line and their exit code; --debug shows the traceback."""
     def wrapper(*args: Any, **kwargs: Any) -> None:
-        debug = bool(click.get_current_context().find_root().params.get("debug"))
+        root = click.get_current_context().find_root().params
+        debug = bool(root.get("debug"))
+        # known before the settings load (they may fail to): the flag's, the environment's
+        _SECRETS[:] = [s for s in (dsn_password(root.get("pg_dsn")), dsn_password(os.environ.get("RECONCILER_PG_DSN")),
+                                   os.environ.get("PGPASSWORD")) if s]
         try:
             code = fn(*args, **kwargs)
         except ReconcilerError as exc:
-            _fail(exc, debug)
+            if exc.exit_code == EXIT_FAILURE:
+                _to_sentry(exc)
+            _fail(exc, debug, exc.exit_code, f"reconcile: error: {exc}")
         except KeyboardInterrupt:
-            click.echo("reconcile: interrupted", err=True)
+            _say("reconcile: interrupted", err=True)
             sys.exit(130)
         except Exception as exc:  # a bug or an unexpected library error: still one line unless --debug
-            if debug:
-                raise
-            click.echo(f"reconcile: unexpected error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
-                       err=True)
-            sys.exit(EXIT_FAILURE)
+            _to_sentry(exc)
+            _fail(exc, debug, EXIT_FAILURE, f"reconcile: unexpected error: {type(exc).__name__}: {exc}"
+                                            f"{'' if debug else ' (run with --debug for the traceback)'}")
         sys.exit(code)
     wrapper.__name__ = fn.__name__
     wrapper.__doc__ = fn.__doc__
@@ -58,7 +83,9 @@ def _settings(ctx: click.Context, **overrides: Any) -> Settings:
     root = ctx.find_root().params
     flat = {"postgres.dsn": root.get("pg_dsn"), "firestore.project": root.get("firestore_project")}
     flat.update(overrides)
-    return load_settings(root.get("config"), overrides=flat)
+    settings = load_settings(root.get("config"), overrides=flat)
+    _SECRETS.extend(settings.secrets())
+    return settings
 
 
 class _Progress:
@@ -75,12 +102,11 @@ class _Progress:
             return
         self.last = now
         rate = records / max(now - self.started, 1e-6)
-        click.echo(f"\r{entity}/{collection}: {records:,} records, {drifted:,} drifted, {rate:,.0f}/s   ", nl=False,
-                   err=True)
+        _say(f"\r{entity}/{collection}: {records:,} records, {drifted:,} drifted, {rate:,.0f}/s   ", nl=False, err=True)
 
     def done(self) -> None:
         if self.enabled:
-            click.echo("\r" + " " * 78 + "\r", nl=False, err=True)
+            _say("\r" + " " * 78 + "\r", nl=False, err=True)
 
 
 def _summary(result: RunResult) -> str:
@@ -92,7 +118,9 @@ def _summary(result: RunResult) -> str:
             continue
         lines.append(f"{e.entity}: {c.postgres:,} in Postgres, {c.firestore:,} in Firestore, {c.matched:,} matched, "
                      f"{c.mismatched:,} mismatched, {c.missing_in_firestore:,} missing in Firestore, "
-                     f"{c.missing_in_postgres:,} missing in Postgres ({e.duration_s:.1f} s)")
+                     f"{c.missing_in_postgres:,} missing in Postgres"
+                     f"{f', {c.in_flight:,} in flight (being written: not drift yet)' if c.in_flight else ''}"
+                     f" ({e.duration_s:.1f} s)")
         for field, n in list(e.field_counts.items())[:5]:
             lines.append(f"    {n:,} x {field}")
         if e.repair is not None:
@@ -181,13 +209,22 @@ def _split_ids(values: tuple[str, ...]) -> tuple[str, ...] | None:
 @click.option("--changed-since", metavar="DURATION|TIMESTAMP",
               help="Only root records updated (on either side) after this: 2h, 30m, 7d or 2026-11-23T00:00:00Z. "
                    "Needs `changed:` in the entity's rules.")
+@click.option("--resume", metavar="RUN_ID",
+              help="Continue the audit run RUN_ID from its checkpoints (audit.checkpoint_every) instead of "
+                   "starting over; give the same entities.")
 @click.option("--progress/--no-progress", default=None, help="Progress line on stderr [default: when it is a terminal].")
+@click.option("--log-format", type=click.Choice(logs.FORMATS), default="auto", envvar="RECONCILER_LOG_FORMAT",
+              show_default=True, help="Log lines on stderr: JSON lines, or text; auto: text on a terminal, else JSON "
+                                      "[env RECONCILER_LOG_FORMAT].")
+@click.option("--log-level", type=click.Choice(logs.LEVELS, case_sensitive=False), default="info",
+              envvar="RECONCILER_LOG_LEVEL", show_default=True,
+              help="The least severe log lines shown [env RECONCILER_LOG_LEVEL].")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.pass_context
 def main(ctx: click.Context, config: Path | None, entities: tuple[str, ...], all_entities: bool,
          report_dir: Path | None, limit: int | None, ids: tuple[str, ...], pg_dsn: str | None,
-         firestore_project: str | None, progress: bool | None, debug: bool, workers: int, shard: str | None,
-         changed_since: str | None, **repair_flags: Any) -> None:
+         firestore_project: str | None, progress: bool | None, log_format: str, log_level: str, debug: bool,
+         workers: int, shard: str | None, changed_since: str | None, **repair_flags: Any) -> None:
     """Audit (and repair) drift between PostgreSQL and Firestore.
 
     \b
@@ -220,7 +257,15 @@ def main(ctx: click.Context, config: Path | None, entities: tuple[str, ...], all
     \b
     Exit codes: 0 no drift (or all of it repaired), 1 drift found (and not all repaired),
     2 usage/config/rules error, 3 runtime failure (unreachable database, a failed or refused repair).
+
+    \b
+    After a run, the report is e-mailed ([mail] in the config; personal data masked) and drift above
+    [sentry] min_drifted raises one Sentry event per entity (with a DSN: [sentry] dsn or SENTRY_DSN).
+    Logs go to stderr as JSON lines with the run id (text on a terminal); the summary goes to stdout.
     """
+    logs.configure(log_format, log_level)
+    for handler in logging.getLogger().handlers:  # the log leaves the machine too: no passwords in it
+        handler.addFilter(LogFilter(_SECRETS))
     if ctx.invoked_subcommand is not None:
         return
     repair = None
@@ -264,7 +309,7 @@ def _audit(ctx: click.Context, entities: tuple[str, ...], all_entities: bool, re
     if _repair_flags_alone(ctx):
         raise UsageError(f"{', '.join(_repair_flags_alone(ctx))} only work with --repair")
     if repair is not None and repair.force:
-        click.echo("reconcile: WARNING: --force: the drift-ratio guard is off; every drifted record up to "
+        _say("reconcile: WARNING: --force: the drift-ratio guard is off; every drifted record up to "
                    "--max-repairs will be written", err=True)
     settings = _settings(ctx, **{"audit.report_dir": str(report_dir) if report_dir else None})
     names = list(entities)
@@ -272,16 +317,24 @@ def _audit(ctx: click.Context, entities: tuple[str, ...], all_entities: bool, re
         names += settings.entities or sorted(p.stem for p in settings.rules_dir.glob("*.yaml"))
     planner = _planner(settings, sweep, limit, ids, repair)
     show = _Progress(sys.stderr.isatty() if progress is None else progress)
-    result = engine.run_audit(settings, names, ids=_split_ids(ids), limit=limit, progress=show, repair=repair,
-                              planner=planner)
+    with stop.on_sigterm():
+        result = engine.run_audit(settings, names, ids=_split_ids(ids), limit=limit, progress=show, repair=repair,
+                                  resume=ctx.params.get("resume"), planner=planner)
     show.done()
-    click.echo(_summary(result))
+    _say(_summary(result))
     if settings.report_dir is not None:
         from reconciler.report import write_reports
 
-        paths = write_reports(result, settings.report_dir)
-        click.echo(f"report: {paths.html}\n        {paths.json}")
+        paths = write_reports(result, settings.report_dir, secrets=_SECRETS)
+        _say(f"report: {paths.html}\n        {paths.json}")
+    runner.deliver(settings, result)  # no run history here: on_change compares with a run without drift
+    if stop.requested():
+        _say("reconcile: stopped by SIGTERM: the writes listed as interrupted were not made; run again to finish",
+             err=True)
+        return stop.EXIT_CODE
     if result.failed:
+        if settings.checkpoint_every and repair is None and not ids and not limit and planner is None:
+            _say(f"reconcile: run {result.run_id} failed; continue it with --resume {result.run_id}", err=True)
         return EXIT_FAILURE
     return EXIT_DRIFT if result.drift_left else EXIT_OK
 
@@ -318,10 +371,10 @@ def _merge_reports(out_dir: Path, shard_dirs: tuple[Path, ...]) -> int:
     paths = write_report_dict(merged, out_dir)
     for e in merged["entities"]:
         c = e["counts"]
-        click.echo(f"{e['entity']}: {c['postgres']:,} in Postgres, {c['firestore']:,} in Firestore, "
-                   f"{c['matched']:,} matched, {c['mismatched']:,} mismatched, {c['missing_in_firestore']:,} missing "
-                   f"in Firestore, {c['missing_in_postgres']:,} missing in Postgres ({len(reports)} shards)")
-    click.echo(f"report: {paths.html}\n        {paths.json}")
+        _say(f"{e['entity']}: {c['postgres']:,} in Postgres, {c['firestore']:,} in Firestore, "
+             f"{c['matched']:,} matched, {c['mismatched']:,} mismatched, {c['missing_in_firestore']:,} missing "
+             f"in Firestore, {c['missing_in_postgres']:,} missing in Postgres ({len(reports)} shards)")
+    _say(f"report: {paths.html}\n        {paths.json}")
     if any(e["error"] for e in merged["entities"]):
         return EXIT_FAILURE
     return EXIT_DRIFT if merged["has_drift"] else EXIT_OK
@@ -351,7 +404,7 @@ def _rules_check(ctx: click.Context, entities: tuple[str, ...], offline: bool) -
         engine.check_rules(loaded, engine.live_schema(settings, [t for r in loaded for t in r.tables()]))
     for r in loaded:
         n = sum(len(d.columns) + len(d.geopoints) + sum(len(e.columns) for e in d.embeds) for d in r.documents)
-        click.echo(f"{r.file}: ok ({r.entity}: {n} mapped columns, {len(r.subcollections)} subcollections"
+        _say(f"{r.file}: ok ({r.entity}: {n} mapped columns, {len(r.subcollections)} subcollections"
                    f"{', checked against the live schema' if not offline else ''})")
     return EXIT_OK
 
@@ -390,10 +443,10 @@ def _rules_new(ctx: click.Context, table: str, collection: str, key: str | None,
     text = engine.scaffold_rules(_settings(ctx), table=table, collection=collection, key=key, naming=naming,
                                  entity=entity, sample=sample)
     if output is None:
-        click.echo(text, nl=False)
+        _say(text, nl=False)
     else:
         output.write_text(text, encoding="utf-8")
-        click.echo(f"{output}: written; review it, then: reconcile rules check --entity {entity or collection}",
+        _say(f"{output}: written; review it, then: reconcile rules check --entity {entity or collection}",
                    err=True)
     return EXIT_OK
 
@@ -423,13 +476,11 @@ def run_once(ctx: click.Context, entities: tuple[str, ...]) -> None:
 
 
 def _run_once(ctx: click.Context, entities: tuple[str, ...]) -> int:
-    from reconciler.runner import job_entities, run_job
-
     settings = _settings(ctx)
     show = _Progress(sys.stderr.isatty())
-    result = run_job(settings, job_entities(settings, entities), progress=show)
+    result = runner.run_job(settings, runner.job_entities(settings, entities), progress=show)
     show.done()
-    click.echo(_summary(result))
+    _say(_summary(result))
     if result.failed:
         return EXIT_FAILURE
     return EXIT_DRIFT if result.drift_left else EXIT_OK
@@ -458,15 +509,9 @@ def serve(ctx: click.Context) -> None:
 
 
 def _serve(ctx: click.Context) -> int:
-    import logging
-
     from reconciler.schedule import serve as serve_schedules
 
-    settings = _settings(ctx)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve_schedules(settings)
+    serve_schedules(_settings(ctx))  # logging: configured by main (logs.configure), JSON lines off a terminal
     return EXIT_OK
 
 
@@ -493,14 +538,14 @@ def _history(ctx: click.Context, entity: str, limit: int) -> int:
     with History.open(settings) as h:
         runs = h.trend(entity, limit)
     if not runs:
-        click.echo(f"no recorded runs of {entity}")
+        _say(f"no recorded runs of {entity}")
         return EXIT_OK
-    click.echo(f"{'started (UTC)':<19}  {'run':<12}  {'job':<12}  {'postgres':>9}  {'firestore':>9}  {'matched':>9}  "
+    _say(f"{'started (UTC)':<19}  {'run':<12}  {'job':<12}  {'postgres':>9}  {'firestore':>9}  {'matched':>9}  "
                f"{'drifted':>8}  {'duration':>8}  outcome")
     for r in runs:
         c = r.counts
         outcome = f"failed: {r.error}" if r.error else r.outcome
-        click.echo(f"{r.started_at.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S}  {r.run_id:<12}  {r.job[:12]:<12}  "
+        _say(f"{r.started_at.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S}  {r.run_id:<12}  {r.job[:12]:<12}  "
                    f"{c.postgres:>9,}  {c.firestore:>9,}  {c.matched:>9,}  {r.drifted:>8,}  {r.duration_s:>6.1f} s  "
                    f"{outcome}")
     return EXIT_OK
@@ -528,7 +573,7 @@ def _explain(ctx: click.Context, entity: str, doc_id: str) -> int:
     from reconciler.explain import explain as explain_record, render
 
     found = explain_record(_settings(ctx), entity, doc_id)
-    click.echo(render(found))
+    _say(render(found))
     return EXIT_DRIFT if found.drifted else EXIT_OK
 
 
@@ -549,13 +594,13 @@ def _init_db(ctx: click.Context) -> int:
     if settings.history.enabled:
         with History.open(settings) as h:
             h.ensure_schema()
-        click.echo("history tables: ready (reconciler_runs, reconciler_run_entities, reconciler_findings)")
+        _say("history tables: ready (reconciler_runs, reconciler_run_entities, reconciler_findings)")
     conn = connect(settings.postgres.dsn)
     try:
         ensure_log(conn)
     finally:
         conn.close()
-    click.echo("repair audit table: ready (reconciler_repairs)")
+    _say("repair audit table: ready (reconciler_repairs)")
     return EXIT_OK
 
 

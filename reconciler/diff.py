@@ -14,7 +14,7 @@ from typing import Any
 from reconciler.mapping import Branch, KeyedMap, KeyedSet, Leaf, Node, set_sort_key
 from reconciler.result import FieldDiff
 from reconciler.rules.model import CompareOptions
-from reconciler.values import Geo
+from reconciler.values import Geo, type_name
 
 
 def diff_records(shape: Branch, postgres: dict[str, Any] | None, firestore: dict[str, Any] | None,
@@ -54,12 +54,16 @@ class _Walker:
         self.compare = compare
         self.out = out
 
-    def report(self, path: str, pattern: str, a: Any, b: Any) -> None:
-        self.out.append(FieldDiff(path=path, postgres=a, firestore=b, pattern=pattern))
+    def report(self, path: str, pattern: str, a: Any, b: Any, expected: str | None = None) -> None:
+        """`expected`: the kind of value the rules' shape wants here (map, array), when it wants one."""
+        kinds = {type_name(a), type_name(b)} - {None}
+        mismatch = len(kinds) > 1 or (expected is not None and bool(kinds - {expected}))
+        self.out.append(FieldDiff(path=path, postgres=a, firestore=b, pattern=pattern,
+                                  kind="type_mismatch" if mismatch else "value"))
 
     def node(self, node: Node, a: Any, b: Any, path: str, pattern: str) -> None:
         if isinstance(node, Leaf):
-            self.value(a, b, path, pattern, node.tolerance)
+            self.value(a, b, path, pattern, node.tolerance, "geopoint" if node.geo else None)
         elif isinstance(node, Branch) and isinstance(a, dict | None) and isinstance(b, dict | None):
             a, b = a or {}, b or {}
             for name, child in node.children.items():
@@ -75,7 +79,7 @@ class _Walker:
         elif isinstance(node, KeyedSet) and isinstance(a, list | None) and isinstance(b, list | None):
             self.keyed_set(node, a or [], b or [], path, pattern)
         else:  # a value of another kind than the rules expect on one side
-            self.report(path, pattern, a, b)
+            self.report(path, pattern, a, b, "array" if isinstance(node, KeyedSet) else "map")
 
     def keyed_set(self, node: KeyedSet, a: list[Any], b: list[Any], path: str, pattern: str) -> None:
         def index(items: list[Any]) -> dict[tuple[str, ...], list[Any]]:
@@ -98,7 +102,8 @@ class _Walker:
             else:
                 self.report(epath, epattern, ea[0] if ea else None, eb[0] if eb else None)
 
-    def value(self, a: Any, b: Any, path: str, pattern: str, tolerance: float | None) -> None:
+    def value(self, a: Any, b: Any, path: str, pattern: str, tolerance: float | None,
+              expected: str | None = None) -> None:
         """Free-form values (scalars, or JSON maps/lists below a mapped field)."""
         if a is None and b is None:
             return
@@ -128,7 +133,7 @@ class _Walker:
             return
         elif a == b and type(a) is type(b):
             return
-        self.report(path, pattern, a, b)
+        self.report(path, pattern, a, b, expected)
 
 
 def _plain(sort_part: str) -> str:

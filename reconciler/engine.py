@@ -7,7 +7,9 @@ main thread merge-joins them and diffs what both sides have.
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
+import logging
 import queue
 import threading
 import time
@@ -17,12 +19,13 @@ from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
+from reconciler import backoff, checkpoint, settle, stop
 from reconciler.config import Settings
-from reconciler.diff import diff_records
 from reconciler.errors import ReconcilerError, RulesError, RuntimeFailure, UsageError
-from reconciler.keys import Key, Scope, id_sort_key, merge_join
+from reconciler.keys import Key, Scope, id_sort_key, merge_join, sort_key
+from reconciler.logs import bind_run
 from reconciler.mapping import FirestoreMapper, PostgresMapper, shape_of
-from reconciler.repair import Drift, Options, repair_entity
+from reconciler.repair import Drift, Options, check_privileges, repair_entity
 from reconciler.result import Counts, EntityResult, Finding, FindingKind, RunResult
 from reconciler.rules import EntityRules, load_entity
 from reconciler.rules.model import DocumentSpec
@@ -33,6 +36,7 @@ from reconciler.sources import firestore as fs_source
 from reconciler.sources import postgres as pg_source
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 Progress = Callable[[str, str, int, int], None]  # (entity, collection, records so far, drifted so far)
 
 
@@ -51,10 +55,10 @@ def prefetch(items: Iterable[T], size: int = 2000, name: str = "prefetch", batch
     Items cross between the threads in lists of `batch`: a hand-over per item (a lock, a condition and
     often a GIL switch each) cost more than mapping a record (measured with py-spy)."""
     buf: queue.Queue[Any] = queue.Queue(maxsize=max(1, size // batch))
-    stop = threading.Event()
+    halt = threading.Event()
 
     def put(item: Any) -> bool:
-        while not stop.is_set():
+        while not halt.is_set():
             try:
                 buf.put(item, timeout=0.1)
                 return True
@@ -65,7 +69,8 @@ def prefetch(items: Iterable[T], size: int = 2000, name: str = "prefetch", batch
     def produce() -> None:
         chunk: list[Any] = []
         try:
-            for item in items:
+            n = 0
+            for n, item in enumerate(items, 1):
                 chunk.append(item)
                 if len(chunk) >= batch:
                     if not put(chunk):
@@ -73,12 +78,14 @@ def prefetch(items: Iterable[T], size: int = 2000, name: str = "prefetch", batch
                     chunk = []
             if chunk and not put(chunk):
                 return
+            log.debug("%s: %d read", name, n)
             put(_Done)
         except BaseException as exc:  # handed to the consumer (after what came before it), which re-raises it
             if not chunk or put(chunk):
                 put(exc)
 
-    thread = threading.Thread(target=produce, name=name, daemon=True)
+    # the producer runs in a copy of this context: its log lines carry the run id (logs.bind_run)
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(produce,), name=name, daemon=True)
     thread.start()
     try:
         while True:
@@ -89,8 +96,9 @@ def prefetch(items: Iterable[T], size: int = 2000, name: str = "prefetch", batch
                 raise item
             yield from item
     finally:
-        stop.set()
-        thread.join(timeout=5)
+        halt.set()
+        if thread is not threading.current_thread():  # the GC may finalize this generator on its own producer
+            thread.join(timeout=5)
 
 
 # ---------------------------------------------------------------- one entity
@@ -103,12 +111,51 @@ class Tally:
     fields: Counter[str] = field(default_factory=Counter)
     findings: list[Finding] = field(default_factory=list)
     drifts: list[Drift] = field(default_factory=list)
+    pending: list[tuple[DocumentSpec, Key, Finding]] = field(default_factory=list)  # read again once settled
+
+    def to_json(self) -> dict[str, Any]:
+        """For a checkpoint (audits: every pending record is a listed finding)."""
+        index = {id(f): i for i, f in enumerate(self.findings)}
+        return {"counts": dict(self.counts), "fields": dict(self.fields),
+                "findings": [checkpoint.finding_to_json(f) for f in self.findings],
+                "pending": [[d.collection, list(k), index[id(f)]] for d, k, f in self.pending]}
+
+    def restore(self, data: dict[str, Any], rules: EntityRules) -> None:
+        self.counts, self.fields = Counter(data["counts"]), Counter(data["fields"])
+        self.findings = [checkpoint.finding_from_json(f) for f in data["findings"]]
+        docs = {d.collection: d for d in rules.documents}
+        self.pending = [(docs[c], tuple(k), self.findings[i]) for c, k, i in data["pending"]]
+
+    def settle(self, rereads: dict[tuple[str, Key], settle.Reread], rules: EntityRules) -> None:
+        """Replace each pending finding by what the re-read found: settled (matched), in flight, or drift."""
+        for doc, key, old in self.pending:
+            r = rereads[(doc.collection, key)]
+            prefix = "" if doc.parent is None else f"{doc.collection}/"
+            self.counts[_count_key(old)] -= 1
+            self.counts["postgres"] += (r.postgres is not None) - (old.kind != FindingKind.MISSING_IN_POSTGRES)
+            self.counts["firestore"] += (r.firestore is not None) - (old.kind != FindingKind.MISSING_IN_FIRESTORE)
+            for pattern in dict.fromkeys(f.pattern for f in old.fields):
+                self.fields[prefix + pattern] -= 1
+            new = None if r.in_flight else r.finding
+            if r.in_flight:
+                self.counts["in_flight"] += 1
+            elif new is not None:
+                self.counts[_count_key(new)] += 1
+                for pattern in dict.fromkeys(f.pattern for f in new.fields):
+                    self.fields[prefix + pattern] += 1
+            elif r.postgres is not None:
+                self.counts["matched"] += 1
+            self.findings = [new if f is old else f for f in self.findings if f is not old or new is not None]
+            self.drifts = [Drift(doc, key, new, r.postgres, r.firestore_doc, r.firestore) if d.finding is old else d
+                           for d in self.drifts if d.finding is not old or new is not None]
+        self.fields = Counter({k: n for k, n in self.fields.items() if n > 0})
+        self.pending = []
 
     def add(self, finding: Finding | None, field_prefix: str = "") -> None:
         if finding is None:
             self.counts["matched"] += 1
             return
-        self.counts[finding.kind.value if finding.kind != FindingKind.MISMATCH else "mismatched"] += 1
+        self.counts[_count_key(finding)] += 1
         for pattern in dict.fromkeys(f.pattern for f in finding.fields):
             self.fields[field_prefix + pattern] += 1
         if len(self.findings) < self.max_findings:
@@ -123,31 +170,46 @@ class Tally:
         return self.counts["mismatched"] + self.counts["missing_in_firestore"] + self.counts["missing_in_postgres"]
 
 
-def document_path(rules: EntityRules, doc: DocumentSpec, key: Key) -> str:
-    if doc.parent is None:
-        return f"{doc.collection}/{key[0]}"
-    return f"{rules.top_collection}/{key[0]}/{doc.collection}/{key[1]}"
+document_path = settle.document_path  # where explain and others have always found it
+
+
+def _count_key(finding: Finding) -> str:
+    return finding.kind.value if finding.kind != FindingKind.MISMATCH else "mismatched"
 
 
 def audit_entity(rules: EntityRules, sides: Sides, settings: Settings, scope: Scope,
                  progress: Progress = no_progress, repair: Options | None = None,
-                 run_id: str = "") -> EntityResult:
-    """Audit one entity; with `repair`, then plan (and apply) the repair of what differs."""
+                 run_id: str = "", checkpoints: checkpoint.Store | None = None) -> EntityResult:
+    """Audit one entity; with `repair`, then plan (and apply) the repair of what differs. With `checkpoints`
+    (audits only), save progress every audit.checkpoint_every records and continue from what was saved."""
     started = time.monotonic()
     tally = Tally(settings.max_findings, repair.limit(settings) if repair else 0)
-    pg_source.begin_snapshot(sides.pg)
-    try:
-        pg_reader = pg_source.PostgresReader(sides.pg, sides.schema, itersize=settings.postgres.itersize)
-        fs_reader = fs_source.FirestoreReader(sides.fs, page_size=settings.firestore.page_size,
-                                              timeout=settings.firestore.timeout_s)
-        for doc in rules.documents:
-            _audit_documents(rules, doc, pg_reader, fs_reader, scope, tally, progress)
-    finally:
-        sides.pg.rollback()
+    saver = _Saver(checkpoints, rules, settings.checkpoint_every) if checkpoints and repair is None else None
+    docs, after = list(rules.documents), None
+    if saver is not None and (position := saver.store.load(rules.entity)) is not None:
+        tally.restore(position.tally, rules)
+        names = [d.collection for d in docs]
+        docs = docs[names.index(position.collection):] if position.collection in names else []
+        after = position.last_key
+    if docs:
+        instant = pg_source.begin_snapshot(sides.pg)
+        try:
+            pg_reader = pg_source.PostgresReader(sides.pg, sides.schema, itersize=settings.postgres.itersize)
+            fs_reader = fs_source.FirestoreReader(sides.fs, page_size=settings.firestore.page_size,
+                                                  timeout=settings.firestore.timeout_s, read_time=instant)
+            for i, doc in enumerate(docs):
+                _audit_documents(rules, doc, pg_reader, fs_reader, scope, tally, progress, saver,
+                                 after if i == 0 else None)
+        finally:
+            pg_source.end_snapshot(sides.pg)
+        tally.settle(settle.reread(rules, sides, settings, settle.keys_of((d, k) for d, k, _ in tally.pending)),
+                     rules)
+        if saver is not None:
+            saver.store.save(rules.entity, None, None, tally.to_json())
     c = tally.counts
     counts = Counts(postgres=c["postgres"], firestore=c["firestore"], matched=c["matched"],
                     mismatched=c["mismatched"], missing_in_firestore=c["missing_in_firestore"],
-                    missing_in_postgres=c["missing_in_postgres"])
+                    missing_in_postgres=c["missing_in_postgres"], in_flight=c["in_flight"])
     findings, summary = tuple(tally.findings), None
     if repair is not None:
         outcome = repair_entity(rules, sides, settings, tally.drifts, counts, repair, run_id)
@@ -159,42 +221,55 @@ def audit_entity(rules: EntityRules, sides: Sides, settings: Settings, scope: Sc
                         repair=summary)
 
 
+@dataclass
+class _Saver:
+    store: checkpoint.Store
+    rules: EntityRules
+    every: int
+
+
 def _audit_documents(rules: EntityRules, doc: DocumentSpec, pg_reader: pg_source.PostgresReader,
-                     fs_reader: fs_source.FirestoreReader, scope: Scope, tally: Tally, progress: Progress) -> None:
+                     fs_reader: fs_source.FirestoreReader, scope: Scope, tally: Tally, progress: Progress,
+                     saver: _Saver | None = None, after: Key | None = None) -> None:
+    """Sweep one document kind: each side read and mapped ahead on a thread of its own, then diff_streams."""
     pg_map = PostgresMapper(doc, rules.compare)
     fs_map = FirestoreMapper(doc, rules.compare)
     pg_records = ((k, pg_map.record(*raw)) for k, raw in pg_reader.stream(doc, scope))
     # the raw document rides along: repair keeps it (and its update time) for drifted records only
     fs_records = ((k, (fs_map.record(d.fields), d)) for k, d in fs_reader.stream(doc, scope, rules.top_collection))
     diff_streams(rules, doc, prefetch(pg_records, name="postgres"), prefetch(fs_records, name="firestore"), tally,
-                 progress)
+                 progress, saver, after)
 
 
 def diff_streams(rules: EntityRules, doc: DocumentSpec, pg_records: Iterable[tuple[Key, Any]],
                  fs_records: Iterable[tuple[Key, tuple[Any, Any]]], tally: Tally,
-                 progress: Progress = no_progress) -> None:
+                 progress: Progress = no_progress, saver: _Saver | None = None, after: Key | None = None) -> None:
     """The diff core: merge-join two key-ordered streams of canonical records (Firestore's paired with its raw
-    document) and count, diff and keep what differs. `./run bench core` times exactly this."""
+    document) and count, diff and keep what differs (and what to re-read once settled). `after`: a checkpoint's
+    last key; it and every key before it were counted. `./run bench core` times exactly this."""
+    done_up_to = sort_key(after) if after else None
     shape = shape_of(doc)
+    reread_at_most = max(tally.max_findings, tally.max_drifts)
     n = 0
     field_prefix = "" if doc.parent is None else f"{doc.collection}/"  # "<subcollection>/<field.path>" in per-field counts
     for key, pg, fs_pair in merge_join(pg_records, fs_records, entity=rules.entity):
+        if done_up_to is not None and sort_key(key) <= done_up_to:
+            continue
         n += 1
         fs, fs_doc = fs_pair if fs_pair is not None else (None, None)
         tally.counts["postgres"] += pg is not None
         tally.counts["firestore"] += fs is not None
-        if fs is None:
-            finding = Finding(document_path(rules, doc, key), FindingKind.MISSING_IN_FIRESTORE)
-        elif pg is None:
-            finding = Finding(document_path(rules, doc, key), FindingKind.MISSING_IN_POSTGRES)
-        else:
-            fields = diff_records(shape, pg, fs, rules.compare)
-            finding = Finding(document_path(rules, doc, key), FindingKind.MISMATCH, fields) if fields else None
+        finding = settle.finding_for(rules, doc, shape, key, pg, fs)
         tally.add(finding, field_prefix)
         if finding is not None and len(tally.drifts) < tally.max_drifts:
             tally.drifts.append(Drift(doc, key, finding, pg, fs_doc, fs))
+        if finding is not None and len(tally.pending) < reread_at_most:
+            tally.pending.append((doc, key, finding))
+        if saver is not None and n % saver.every == 0:
+            saver.store.save(rules.entity, doc.collection, key, tally.to_json())
         if n % 1000 == 0:
             progress(rules.entity, doc.collection, n, tally.drifted)
+            stop.check(f"while auditing {rules.entity}")
     progress(rules.entity, doc.collection, n, tally.drifted)
 
 
@@ -232,7 +307,7 @@ def limit_scope(rules: EntityRules, sides: Sides, limit: int) -> Scope:
     try:
         pg_keys = [k for k, _ in islice(pg_reader.stream(doc, Scope()), limit)]
     finally:
-        sides.pg.rollback()
+        pg_source.end_snapshot(sides.pg)
     fs_keys = [k for k, _ in islice(fs_reader.stream(doc, Scope(), rules.top_collection), limit)]
     lasts = [keys[-1][0] for keys in (pg_keys, fs_keys) if len(keys) == limit]
     return Scope(upper=min(lasts, key=id_sort_key)) if lasts else Scope()
@@ -249,13 +324,15 @@ class Planner(Protocol):
 
 def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ...] | None = None,
               limit: int | None = None, progress: Progress = no_progress, repair: Options | None = None,
-              planner: Planner | None = None) -> RunResult:
+              resume: str | None = None, planner: Planner | None = None) -> RunResult:
     """Audit (and with `repair`, repair) each entity. A failure of one entity (its rules file, the tables or
     columns it names, or a runtime failure) is recorded in its result and the others go on; only when no
     entity's rules hold up does the rules error itself stop the run."""
     started = dt.datetime.now(dt.timezone.utc)
-    run_id = uuid.uuid4().hex[:12]
+    run_id = resume or uuid.uuid4().hex[:12]
+    bind_run(run_id)
     names = list(dict.fromkeys(entities))
+    log.info("run started", extra={"mode": "repair" if repair else "audit", "entities": names})
     failures: dict[str, ReconcilerError] = {}
     rules_list = []
     for name in names:
@@ -265,7 +342,21 @@ def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ..
             failures[name] = exc
     if not rules_list:
         raise _first_error(failures)
-    sides = open_sides(settings, [t for r in rules_list for t in r.tables()])
+    if resume and (repair is not None or ids or limit or planner is not None):
+        raise UsageError("--resume continues a full audit in one process: it does not combine with --repair, --ids, "
+                         "--limit, --workers, --shard or --changed-since")
+    store = None
+    if resume:
+        store = checkpoint.open_for_resume(settings.postgres.dsn, resume)
+    elif settings.checkpoint_every and repair is None and not ids and not limit and planner is None:
+        # a planner's ranges would share one checkpoint per entity (and --resume would have to redo its split)
+        store = checkpoint.Store(settings.postgres.dsn, run_id)
+    try:
+        sides = open_sides(settings, [t for r in rules_list for t in r.tables()])
+    except BaseException:
+        if store is not None:
+            store.close()
+        raise
     try:
         for rules in rules_list:
             try:
@@ -274,6 +365,8 @@ def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ..
                 failures[rules.entity] = exc
         if len(failures) == len(names):
             raise _first_error(failures)
+        if repair is not None and repair.apply:  # before auditing: a refusal costs nothing and writes nothing
+            check_privileges([r for r in rules_list if r.entity not in failures], sides)
         by_name = {r.entity: r for r in rules_list}
         results = []
         for name in names:
@@ -282,21 +375,45 @@ def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ..
                 results.append(_failed(name, rules, f"rules: {failures[name]}"))
                 continue
             try:
-                scope = Scope(ids=ids) if ids else (limit_scope(rules, sides, limit) if limit else Scope())
-                if planner is None:
-                    results.append(audit_entity(rules, sides, settings, scope, progress, repair, run_id))
-                else:
-                    scope = planner.scope(rules, sides, scope)
-                    results.append(planner.audit(rules, sides, settings, scope, progress, repair, run_id))
+                def audit(s: Sides, rules: EntityRules = rules) -> EntityResult:
+                    scope = Scope(ids=ids) if ids else (limit_scope(rules, s, limit) if limit else Scope())
+                    if planner is None:
+                        return audit_entity(rules, s, settings, scope, progress, repair, run_id, store)
+                    return planner.audit(rules, s, settings, planner.scope(rules, s, scope), progress, repair, run_id)
+
+                result, sides = with_reconnects(settings, sides, audit)
+                results.append(result)
+                log.info("%s audited", rules.entity, extra={"entity": rules.entity, "drifted": results[-1].counts.drifted})
             except RuntimeFailure as exc:
                 results.append(_failed(name, rules, str(exc)))
     finally:
         sides.pg.close()
-    return RunResult(run_id=run_id, mode="repair" if repair else "audit", started_at=started,
-                     finished_at=dt.datetime.now(dt.timezone.utc), entities=tuple(results))
+        if store is not None:
+            store.close()
+    result = RunResult(run_id=run_id, mode="repair" if repair else "audit", started_at=started,
+                       finished_at=dt.datetime.now(dt.timezone.utc), entities=tuple(results))
+    log.info("run finished", extra={"drift": result.has_drift, "failed": result.failed})
+    return result
+
+
+def with_reconnects(settings: Settings, sides: Sides, fn: Callable[[Sides], T]) -> tuple[T, Sides]:
+    """fn(sides); when the Postgres connection was lost under it (a restart, pg_terminate_backend, the
+    network), reconnect after a backoff and run fn again from the start: a fresh snapshot, a fresh tally, so
+    no record is skipped or counted twice (a repair re-audits first, so what it already wrote is matched)."""
+    for attempt in range(1, settings.postgres.reconnects + 2):
+        try:
+            return fn(sides), sides
+        except Exception:
+            if not pg_source.lost(sides.pg) or attempt > settings.postgres.reconnects:
+                raise
+        sides.pg.close()
+        time.sleep(backoff.delay(attempt))
+        sides = replace(sides, pg=pg_source.connect(settings.postgres.dsn))
+    raise AssertionError("unreachable")
 
 
 def _failed(name: str, rules: EntityRules | None, error: str) -> EntityResult:
+    log.error("%s: failed: %s", name, error, extra={"entity": name})
     return EntityResult(entity=name, source_of_truth=rules.source_of_truth if rules else "unknown", counts=Counts(),
                         findings=(), findings_truncated=False, error=error)
 

@@ -37,6 +37,10 @@ class RuntimeFailure(ReconcilerError):
     exit_code = 3
 
 
+class MissingPrivileges(RuntimeFailure):
+    """The database role lacks a privilege the run needs (checked before anything is written)."""
+
+
 class KeyOrderError(RuntimeFailure):
     """A stream yielded a key out of order: continuing would produce false 'missing' findings."""
 

@@ -20,7 +20,7 @@ from google.cloud.firestore_v1 import GeoPoint
 from google.cloud.firestore_v1.document import DocumentReference
 
 from reconciler.rules.model import Column, CompareOptions, DocumentSpec, Embed, GeoPointRule, Path
-from reconciler.values import FALSE, TRUE, Bool, Geo, plain
+from reconciler.values import FALSE, TRUE, Bool, Geo, Ref, plain
 
 UTC = dt.timezone.utc
 Row = tuple[Any, ...]
@@ -33,7 +33,8 @@ def _datetime(v: dt.datetime) -> dt.datetime:
 
 
 def _decimal(v: Decimal) -> float | str:
-    return float(v) if v.is_finite() else str(v)
+    # NaN and +-Infinity (numeric columns hold them) become the floats Firestore holds; only sNaN has none
+    return str(v) if v.is_snan() else float(v)
 
 
 def _list(v: Iterable[Any]) -> list[Any]:
@@ -66,6 +67,7 @@ _CANON: dict[type, Callable[[Any], Any]] = {
     GeoPoint: lambda v: Geo(v.latitude, v.longitude),
     Geo: lambda v: v,
     Bool: lambda v: v,
+    Ref: lambda v: v,
 }
 
 
@@ -78,7 +80,7 @@ def canon(value: Any) -> Any:
         if isinstance(value, base):
             return fn(value)
     if isinstance(value, DocumentReference):
-        return value.path
+        return Ref(value.path)
     return str(value)
 
 

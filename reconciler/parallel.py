@@ -16,11 +16,12 @@ import os
 import re
 import time
 from concurrent.futures import ProcessPoolExecutor
+import dataclasses
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
-from reconciler import engine
+from reconciler import engine, stop
 from reconciler.config import Settings
 from reconciler.errors import RulesError, RuntimeFailure, UsageError
 from reconciler.keys import Scope, id_sort_key, ranges, uuid_split_points
@@ -32,7 +33,7 @@ from reconciler.sources import firestore as fs_source
 from reconciler.sources import postgres as pg_source
 
 T = TypeVar("T")
-COUNT_FIELDS = ("postgres", "firestore", "matched", "mismatched", "missing_in_firestore", "missing_in_postgres")
+COUNT_FIELDS = tuple(f.name for f in dataclasses.fields(Counts))  # in_flight too: every count adds up across ranges
 
 
 # ---------------------------------------------------------------- shards
@@ -177,13 +178,15 @@ def rules_digest(rules: EntityRules) -> str:
 def map_ranges(fn: Callable[[Any], T], tasks: list[Any], workers: int,
                on_done: Callable[[T], None] = lambda r: None) -> list[T]:
     """fn(task) for each task in `workers` fresh processes (spawned: no forked gRPC or libpq state); the results
-    in task order. The first error is raised once the others have stopped."""
+    in task order. The first error is raised once the others have stopped. After SIGTERM (stop.py), no further
+    task starts: the run stops once the running ones are done."""
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx) as pool:
         futures = [pool.submit(fn, t) for t in tasks]
         try:
             for f in futures:
                 on_done(f.result())
+                stop.check("while auditing key ranges")
         except BaseException:
             for f in futures:
                 f.cancel()
@@ -196,8 +199,10 @@ def _audit_range(task: tuple[Settings, EntityRules, Scope]) -> EntityResult:
     settings, rules, scope = task
     try:
         sides = engine.open_sides(settings, rules.tables())
-        try:
-            return engine.audit_entity(rules, sides, settings, scope)
+        try:  # no checkpoints: the ranges of an entity would share one (and --resume would have to redo the split)
+            result, sides = engine.with_reconnects(settings, sides, lambda s: engine.audit_entity(rules, s, settings,
+                                                                                                   scope))
+            return result
         finally:
             sides.pg.close()
     except RuntimeFailure as exc:  # as a plain RuntimeFailure: subclasses with keyword-only fields do not unpickle
@@ -303,7 +308,7 @@ def _merge_entity(parts: list[dict[str, Any]], wheres: list[str]) -> dict[str, A
     if expected is not None:
         raise UsageError(f"merge-reports: entity {parts[0]['entity']!r}: the last shard ends at {expected!r}, not at "
                          "the end of the key space")
-    counts = {k: sum(e["counts"][k] for e in parts) for k in COUNT_FIELDS}
+    counts = {k: sum(e["counts"].get(k, 0) for e in parts) for k in COUNT_FIELDS}
     fields: dict[str, int] = {}
     for e in parts:
         for name, n in e["field_counts"].items():

@@ -31,9 +31,10 @@ import psycopg
 from google.cloud import firestore
 from google.cloud.firestore_v1.field_path import FieldPath
 
+from reconciler import stop
 from reconciler.config import Settings
 from reconciler.diff import node_differs
-from reconciler.errors import RuntimeFailure
+from reconciler.errors import MissingPrivileges, RuntimeFailure
 from reconciler.keys import Key, Scope
 from reconciler.mapping import (Branch, KeyedMap, KeyedSet, Node, PostgresMapper, canon, project,
                                 set_sort_key, shape_of, to_firestore, to_postgres)
@@ -121,11 +122,16 @@ def repair_entity(rules: EntityRules, sides: Sides, settings: Settings, drifts: 
     if options.apply:
         writer = _Applier(rules, sides, settings, run_id)
         for batch in _batches(_apply_order(p for p in plans if p.writes), settings.repair.batch_size):
+            if stop.requested():  # between batches: every record is applied whole (and logged) or not at all
+                break
             repairs.update(writer.apply(batch))
     for p in plans:
         if p.drift.finding.key not in repairs:
             status = RepairStatus.SKIPPED
-            reason = p.reason or ("dry run: not applied (use --apply)" if p.writes else "nothing to write")
+            if options.apply and p.writes and not p.reason:
+                reason = "interrupted: stopped by SIGTERM before this record was written"
+            else:
+                reason = p.reason or ("dry run: not applied (use --apply)" if p.writes else "nothing to write")
             repairs[p.drift.finding.key] = Repair(p.action, status, reason, p.shown)
     statuses = [r.status for r in repairs.values()]
     done, failed = statuses.count(RepairStatus.APPLIED), statuses.count(RepairStatus.FAILED)
@@ -366,6 +372,20 @@ CREATE INDEX IF NOT EXISTS {LOG_TABLE}_entity ON {LOG_TABLE} (entity_type, entit
 """
 
 
+WRITE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")  # re-read, create, update, remove rows
+
+
+def check_privileges(rules: list[EntityRules], sides: Sides) -> None:
+    """Before anything is written: the Postgres role may write every table repair writes (when Postgres is
+    the written side) and record in the audit table (always). Raises naming every missing privilege."""
+    tables = {t: WRITE_PRIVILEGES for r in rules if r.written_side == "postgres" for t in r.tables()}
+    missing = pg_source.missing_privileges(sides.pg, tables, LOG_TABLE)
+    if missing:
+        user = sides.pg.info.user
+        raise MissingPrivileges(f"postgres: role {user!r} may not repair ({', '.join(r.entity for r in rules)}): "
+                                f"it lacks {'; '.join(missing)}. Nothing was written. See README, 'Least privilege'")
+
+
 class _Applier:
     def __init__(self, rules: EntityRules, sides: Sides, settings: Settings, run_id: str) -> None:
         self.rules, self.pg, self.schema, self.run_id = rules, sides.pg, sides.schema, run_id
@@ -511,7 +531,10 @@ def _jsonb_safe(value: Any) -> Any:
 def ensure_log(conn: psycopg.Connection) -> None:
     conn.rollback()
     try:
-        conn.execute(LOG_DDL)
+        # CREATE ... IF NOT EXISTS needs CREATE on the schema even when the table exists: a role that may only
+        # insert into an existing audit table must not be asked for it
+        if conn.execute("SELECT to_regclass(%s) IS NULL", [LOG_TABLE]).fetchone()[0]:
+            conn.execute(LOG_DDL)
         conn.commit()
     except psycopg.Error as exc:
         conn.rollback()

@@ -14,20 +14,23 @@ import contextlib
 import datetime as dt
 import functools
 import json
+import logging
 import math
 import os
 import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import jinja2
 
 from reconciler.errors import RuntimeFailure
+from reconciler.redact import scrub_data
 from reconciler.result import EntityResult, Finding, FindingKind, Repair, RepairSummary, RunResult, Sweep
 from reconciler.values import to_json
 
+log = logging.getLogger(__name__)
 TEMPLATE = "report.html.j2"
 # Installed from a wheel: reconciler/_templates (pyproject force-include). From the repo: reports/templates.
 TEMPLATE_DIRS = (
@@ -35,7 +38,8 @@ TEMPLATE_DIRS = (
     Path(__file__).resolve().parent.parent / "reports" / "templates",
 )
 
-COUNT_KEYS = ("postgres", "firestore", "matched", "mismatched", "missing_in_firestore", "missing_in_postgres")
+COUNT_KEYS = ("postgres", "firestore", "matched", "mismatched", "missing_in_firestore", "missing_in_postgres",
+              "in_flight")
 DRIFT_KEYS = ("mismatched", "missing_in_firestore", "missing_in_postgres")
 TOP_FIELDS = 20
 LABEL_MAX = 44  # characters of a chart label before it is shortened (the full text is in the bar's tooltip)
@@ -97,7 +101,7 @@ def _finding_dict(f: Finding) -> dict[str, Any]:
     return {
         "key": f.key,
         "kind": f.kind.value if isinstance(f.kind, FindingKind) else str(f.kind),
-        "fields": [{"path": d.path, "postgres": _value(d.postgres), "firestore": _value(d.firestore)}
+        "fields": [{"path": d.path, "kind": d.kind, "postgres": _value(d.postgres), "firestore": _value(d.firestore)}
                    for d in f.fields],
         **({"repair": _repair_dict(f.repair)} if f.repair is not None else {}),
     }
@@ -252,7 +256,8 @@ def _finding_view(f: dict[str, Any]) -> dict[str, Any]:
             pg["tag"], fs["tag"] = pg["type"], fs["type"]  # same-looking values of different types: say so
         if pg["kind"] != "null" and fs["kind"] != "null":
             pg["parts"], fs["parts"] = _highlight(pg["text"], fs["text"])
-        rows.append({"path": str(d.get("path", "")), "postgres": pg, "firestore": fs})
+        rows.append({"path": str(d.get("path", "")), "type_mismatch": d.get("kind") == "type_mismatch",
+                     "postgres": pg, "firestore": fs})
     return {
         "key": str(f.get("key", "")),
         "kind": kind,
@@ -483,10 +488,11 @@ def _duration(seconds: Any) -> str:
 
 
 def write_reports(result: RunResult, directory: Path,
-                  history: dict[str, list[dict[str, Any]]] | None = None) -> ReportPaths:
+                  history: dict[str, list[dict[str, Any]]] | None = None, secrets: Iterable[str] = ()) -> ReportPaths:
     """Write DIR/report.json and DIR/report.html (creating DIR); each file is replaced atomically.
-    `history`: see to_dict (without it the page has no drift-over-time chart)."""
-    return write_report_dict(to_dict(result, history), directory)
+    `history`: see to_dict (without it the page has no drift-over-time chart). `secrets` (passwords) are
+    scrubbed from both, wherever a message may have quoted one."""
+    return write_report_dict(scrub_data(to_dict(result, history), secrets), directory)
 
 
 def write_report_dict(report: dict[str, Any], directory: Path) -> ReportPaths:
@@ -504,6 +510,7 @@ def write_report_dict(report: dict[str, Any], directory: Path) -> ReportPaths:
         _write_atomically(paths.html, html)
     except OSError as exc:
         raise RuntimeFailure(f"cannot write the report to {directory}: {exc}") from exc
+    log.info("report written", extra={"html": str(paths.html), "json": str(paths.json)})
     return paths
 
 

@@ -22,6 +22,8 @@ class FieldDiff:
     postgres: Any
     firestore: Any
     pattern: str = ""  # the path with data-dependent parts generalised ("sources.*.id"), for per-field counts
+    kind: str = "value"  # "value": the values differ; "type_mismatch": a value of another kind than the other
+    #                      side's or than the rules expect (a string for a number, a map for an array...)
 
 
 class RepairAction(str, Enum):
@@ -64,6 +66,7 @@ class Counts:
     mismatched: int = 0
     missing_in_firestore: int = 0
     missing_in_postgres: int = 0
+    in_flight: int = 0  # differed, but were being written during the run (see settle.py): not drift yet
 
     @property
     def drifted(self) -> int:

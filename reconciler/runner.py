@@ -10,10 +10,11 @@ import logging
 import uuid
 from typing import Any
 
-from reconciler import engine
+from reconciler import alerts, engine, mail
 from reconciler.config import Settings
 from reconciler.errors import ReconcilerError, RuntimeFailure
-from reconciler.history import History, outcome
+from reconciler.history import History, last_result, outcome
+from reconciler.logs import bind_run
 from reconciler.report import write_reports
 from reconciler.result import Counts, EntityResult, RunResult
 
@@ -34,6 +35,7 @@ def run_job(settings: Settings, entities: list[str], *, job: str = "run-once",
     A run that fails as a whole (a database unreachable) is recorded as failed (when the history can be
     written), then its error is raised.
     """
+    bind_run(None)  # a scheduler thread runs job after job: no line of this one may carry the last run's id
     log.info("job %s: auditing %s", job, ", ".join(entities))
     started = dt.datetime.now(dt.timezone.utc)
     try:
@@ -49,7 +51,7 @@ def run_job(settings: Settings, entities: list[str], *, job: str = "run-once",
     trend = _trend(settings, result, problems)
     if settings.report_dir is not None:
         try:
-            paths = write_reports(result, settings.report_dir, trend)
+            paths = write_reports(result, settings.report_dir, trend, secrets=settings.secrets())
             log.info("job %s: run %s: report %s", job, result.run_id, paths.html)
         except ReconcilerError as exc:
             problems.append(str(exc))
@@ -59,10 +61,30 @@ def run_job(settings: Settings, entities: list[str], *, job: str = "run-once",
                 h.record(result, job)
         except ReconcilerError as exc:
             problems.append(str(exc))
-    # deliveries (e-mail, Sentry) go here
+    previous = _previous(settings, result, problems) if settings.mail.send == "on_change" else None
+    try:
+        deliver(settings, result, previous)
+    except ReconcilerError as exc:
+        problems.append(str(exc))
     if problems:
         raise RuntimeFailure(f"run {result.run_id}: " + "; ".join(problems))
     return result
+
+
+def deliver(settings: Settings, result: RunResult, previous: RunResult | None = None) -> None:
+    """The outputs that leave the machine, each a no-op unless configured: Sentry events, then the e-mail
+    (`previous`: the last recorded run, for the on_change policy). Both the ad-hoc audit and run_job call it."""
+    alerts.send_run_alerts(settings, result)
+    mail.send_run_report(settings, result, previous=previous)
+
+
+def _previous(settings: Settings, result: RunResult, problems: list[str]) -> RunResult | None:
+    """The run before this one (which is already recorded), for the e-mail's on_change policy."""
+    try:
+        return last_result(settings, [e.entity for e in result.entities], before=result.started_at)
+    except ReconcilerError as exc:
+        problems.append(f"history unreadable: {exc}")
+        return None
 
 
 def _record_failure(settings: Settings, entities: list[str], job: str, started: dt.datetime,

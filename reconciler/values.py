@@ -44,6 +44,8 @@ def plain(value: Any) -> Any:
         return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list):
         return [plain(v) for v in value]
+    if isinstance(value, Ref):
+        return value.path
     return value
 
 
@@ -52,6 +54,22 @@ class Geo(NamedTuple):
 
     latitude: float
     longitude: float
+
+
+class Ref(NamedTuple):
+    """A Firestore document reference, by its path: a type of its own, never equal to a string."""
+
+    path: str
+
+
+def type_name(value: Any) -> str | None:
+    """The kind of a canonical value, as a person names it; None for NULL/absent."""
+    if value is None:
+        return None
+    for kind, name in _TYPE_NAMES:
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
 
 
 def to_json(value: Any) -> Any:
@@ -64,6 +82,8 @@ def to_json(value: Any) -> Any:
         return value if value == value and value not in (float("inf"), float("-inf")) else repr(value)
     if isinstance(value, Geo):
         return {"latitude": value.latitude, "longitude": value.longitude}
+    if isinstance(value, Ref):
+        return {"reference": value.path}
     if isinstance(value, dt.datetime):
         if value.tzinfo is not None:
             value = value.astimezone(dt.timezone.utc)
@@ -79,3 +99,11 @@ def to_json(value: Any) -> Any:
     if isinstance(value, bytes):
         return {"bytes_base64": base64.b64encode(value).decode()}
     return str(value)
+
+
+# Geo and Ref before tuple; Bool is not an int. Dates are canonical strings and so "string".
+_TYPE_NAMES: tuple[tuple[type, str], ...] = (
+    (Bool, "boolean"), (bool, "boolean"), (Geo, "geopoint"), (Ref, "reference"), (int, "number"),
+    (float, "number"), (Decimal, "number"), (str, "string"), (dt.datetime, "timestamp"), (bytes, "bytes"),
+    (dict, "map"), (list, "array"), (tuple, "array"),
+)

@@ -30,6 +30,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
 
 
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """The CLI configures the root logger for its process (logs.configure); in-process CLI tests must not leave
+    that handler behind for the tests after them."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 # ------------------------------------------------------------------------------------------ PostgreSQL
 
 

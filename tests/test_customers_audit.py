@@ -116,7 +116,7 @@ def test_cli_writes_reports_and_exits_1_on_drift(customers_loaded, fs_client, tm
     assert entity["counts"]["mismatched"] == 1 and entity["counts"]["postgres"] == _records(people)
     (finding,) = entity["findings"]
     assert finding == {"key": f"customers/{people[0].id}", "kind": "mismatch",
-                       "fields": [{"path": "metrics.totalOrders", "postgres": people[0].document["metrics"]["totalOrders"],
+                       "fields": [{"path": "metrics.totalOrders", "kind": "value", "postgres": people[0].document["metrics"]["totalOrders"],
                                    "firestore": -1}]} | {k: v for k, v in finding.items() if k not in ("key", "kind", "fields")}
     html = (tmp_path / "report.html").read_text()
     assert "metrics.totalOrders" in html and people[0].id in html

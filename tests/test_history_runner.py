@@ -100,7 +100,8 @@ def test_run_once_exit_2_on_a_config_error_and_3_when_postgres_is_unreachable(tm
     monkeypatch.setenv("RECONCILER_PG_DSN", f"postgresql://nobody@127.0.0.1:{_free_port()}/x")
     monkeypatch.setenv("RECONCILER_RULES_DIR", str(ROOT / "rules"))
     r = CliRunner().invoke(main, ["run-once", "--entity", "customers"])
-    assert r.exit_code == 3 and r.output.startswith("reconcile: error: postgres: cannot connect:")
+    plain = [line for line in r.output.splitlines() if not line.startswith("{")]  # not the JSON log lines
+    assert r.exit_code == 3 and plain[0].startswith("reconcile: error: postgres: cannot connect:")
 
 
 def test_run_once_exits_3_when_the_history_cannot_be_written_but_still_writes_the_report(customers_loaded, tmp_path,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import os
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -16,11 +18,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from demo import customers
-from reconciler import engine, parallel
+from reconciler import engine, parallel, stop
 from reconciler.cli import main
 from reconciler.errors import RulesError, UsageError
 from reconciler.keys import Scope, id_sort_key, order_text, ranges, uuid_split_points
-from reconciler.result import FindingKind
+from reconciler.result import Counts, EntityResult, FindingKind
 from test_key_order_integration import IDS as WIDGET_IDS
 from test_key_order_integration import widgets  # noqa: F401  (a fixture: text keys, numeric IDs)
 
@@ -136,6 +138,42 @@ def test_three_workers_find_what_one_finds(drifted, max_findings):
     assert three.sweep.workers == 3
     assert one.counts.missing_in_postgres >= len(ODD_IDS) + 1
     assert one.findings_truncated == (max_findings == 7)
+
+
+def test_workers_write_no_checkpoints_and_do_not_resume(drifted, pg_dsn, monkeypatch):
+    """Ranges of one entity would share its checkpoint: a planned run keeps none, and --resume refuses one."""
+    from reconciler import checkpoint
+
+    settings = dataclasses.replace(drifted, checkpoint_every=5)
+    one = engine.run_audit(settings, ["customers"])
+    three = engine.run_audit(settings, ["customers"], planner=parallel.Planner(settings, workers=3))
+    _same(one.entities[0], three.entities[0])
+    with psycopg.connect(pg_dsn) as conn:
+        saved = {r[0] for r in conn.execute(f"SELECT run_id FROM {checkpoint.TABLE}")}
+    assert one.run_id in saved and three.run_id not in saved
+    with pytest.raises(UsageError, match="--workers, --shard or --changed-since"):
+        engine.run_audit(settings, ["customers"], resume=one.run_id, planner=parallel.Planner(settings, workers=3))
+    monkeypatch.setenv("RECONCILER_PG_DSN", drifted.postgres.dsn)
+    monkeypatch.setenv("RECONCILER_RULES_DIR", str(drifted.rules_dir))
+    r = CliRunner().invoke(main, ["--entity", "customers", "--shard", "0/2", "--resume", one.run_id])
+    assert r.exit_code == 2 and "--resume" in r.output, r.output
+
+
+def test_merged_ranges_add_up_every_count_in_flight_included(drifted):
+    rules = engine.load_rules(drifted, ["customers"])[0]
+    parts = [EntityResult(entity="customers", source_of_truth="postgres", findings=(), findings_truncated=False,
+                          counts=Counts(postgres=n, firestore=n, matched=n - 1, in_flight=1)) for n in (3, 4)]
+    merged = parallel.merge_results(rules, parts, max_findings=10, duration_s=0.0)
+    assert merged.counts == Counts(postgres=7, firestore=7, matched=5, in_flight=2)
+
+
+def test_sigterm_starts_no_further_range():
+    done = []
+    with stop.on_sigterm():
+        os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(stop.Interrupted, match="key ranges"):
+            parallel.map_ranges(abs, [-1, -2, -3, -4], workers=1, on_done=done.append)
+    assert done == [1]
 
 
 def test_sampled_split_points_for_text_keys(widgets, fs_client):

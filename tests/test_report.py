@@ -28,9 +28,9 @@ XSS_ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
 TOP_KEYS = {"run_id", "mode", "started_at", "finished_at", "duration_s", "has_drift", "entities"}
 ENTITY_KEYS = {"entity", "source_of_truth", "counts", "field_counts", "error", "duration_s", "findings",
                "findings_truncated"}
-COUNT_KEYS = {"postgres", "firestore", "matched", "mismatched", "missing_in_firestore", "missing_in_postgres"}
+COUNT_KEYS = {"postgres", "firestore", "matched", "mismatched", "missing_in_firestore", "missing_in_postgres", "in_flight"}
 FINDING_KEYS = {"key", "kind", "fields"}
-FIELD_KEYS = {"path", "postgres", "firestore"}
+FIELD_KEYS = {"path", "kind", "postgres", "firestore"}
 
 
 def fd(path: str, pg, fs) -> FieldDiff:
@@ -147,7 +147,7 @@ def test_json_values_are_json_types():
     e = d["entities"][0]
     assert e["entity"] == "customers" and e["source_of_truth"] == "postgres"
     assert e["counts"] == {"postgres": 10, "firestore": 10, "matched": 6, "mismatched": 2,
-                           "missing_in_firestore": 1, "missing_in_postgres": 1}
+                           "missing_in_firestore": 1, "missing_in_postgres": 1, "in_flight": 0}
     assert e["error"] is None and e["duration_s"] == 1.25 and e["findings_truncated"] is False
     assert [f["kind"] for f in e["findings"]] == ["mismatch", "mismatch", "missing_in_firestore",
                                                   "missing_in_postgres"]
@@ -184,7 +184,7 @@ def test_non_finite_numbers_never_make_invalid_json():
     json.dumps(d, allow_nan=False)  # would raise on NaN/Infinity
     f = d["entities"][0]["findings"][0]["fields"]
     assert f[0]["postgres"] == {"latitude": "nan", "longitude": 1.0}
-    assert f[1] == {"path": "x", "postgres": "nan", "firestore": "inf"}
+    assert f[1] == {"path": "x", "kind": "value", "postgres": "nan", "firestore": "inf"}
 
 
 # ------------------------------------------------------------------------------------------ HTML

@@ -208,7 +208,9 @@ def test_sigterm_lets_the_running_job_finish_then_serve_exits_0(customers_loaded
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
     log: list[str] = []
     try:
-        while not any("job nightly: run started" in line for line in log):
+        # the engine's own "run started" line (JSON: stderr is a pipe) comes after the run's started_at is taken;
+        # the scheduler's line comes before it, so a signal sent on that one could race the run's start time
+        while not any('"logger": "reconciler.engine", "msg": "run started"' in line for line in log):
             log.append(lines.get(timeout=60))
         proc.send_signal(signal.SIGTERM)
         sent = dt.datetime.now(UTC)

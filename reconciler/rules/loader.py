@@ -8,6 +8,7 @@ from typing import Any, Callable
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.reader import ReaderError
 
 from reconciler.errors import RulesError
 from reconciler.rules.model import (
@@ -189,6 +190,9 @@ def _embed(node: Any, index: int, items: CommentedSeq, ctx: _Ctx) -> Embed:
     set_key = node.get("set_key") or ()
     if isinstance(set_key, str):
         set_key = (set_key,)
+    if not isinstance(set_key, (list, tuple)) or not all(isinstance(k, str) and k for k in set_key):
+        raise ctx.error(f"{what}.set_key must be a column name or a list of them, got {set_key!r}",
+                        ctx.line_of(node, "set_key"))
     embed = Embed(table=ctx.string(node, "table", what) or "", join=ctx.string(node, "join", what) or "", kind=kind,
                   into=_path(ctx.string(node, "into", what) or "", ctx, ctx.line_of(node, "into")),
                   columns=_columns(node, what, ctx), geopoints=_geopoints(node, what, ctx), line=line or 0,
@@ -266,6 +270,17 @@ def _check_prefixes(targets: dict[Path, int], ctx: _Ctx) -> None:
                                 f"{targets[path[:n]]} maps as a value", line)
 
 
+def _failing_node_line(exc: BaseException) -> int:
+    """The line of the YAML node ruamel.yaml was constructing when it failed (its frames hold it as `node`)."""
+    line, tb = 1, exc.__traceback__
+    while tb is not None:
+        mark = getattr(tb.tb_frame.f_locals.get("node"), "start_mark", None)
+        if mark is not None:
+            line = mark.line + 1
+        tb = tb.tb_next
+    return line
+
+
 def parse_entity(text: str, file: str, expected_entity: str | None = None) -> EntityRules:
     """Parse and validate one rules file's text (no database needed)."""
     yaml = YAML(typ="rt")
@@ -273,12 +288,22 @@ def parse_entity(text: str, file: str, expected_entity: str | None = None) -> En
         data = yaml.load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        raise RulesError(f"invalid YAML: {exc.problem or exc}", file=file, line=mark.line + 1 if mark else None) from None
+        raise RulesError(f"invalid YAML: {exc.problem or exc}", file=file, line=mark.line + 1 if mark else 1) from None
+    except ReaderError as exc:  # a character YAML does not allow: no mark, but its position in the text
+        char = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "\0")
+        raise RulesError(f"invalid YAML: character U+{char:04X} is not allowed", file=file,
+                         line=text.count("\n", 0, max(exc.position, 0)) + 1) from None
     except YAMLError as exc:
-        raise RulesError(f"invalid YAML: {exc}", file=file) from None
+        raise RulesError(f"invalid YAML: {' '.join(str(exc).split())}", file=file, line=1) from None
+    except RecursionError:  # thousands of nested brackets
+        raise RulesError("invalid YAML: nested too deeply", file=file, line=1) from None
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+        # ruamel.yaml's constructors raise plain errors on some malformed tagged values (`key: !!int`)
+        raise RulesError(f"invalid YAML: a value cannot be read ({type(exc).__name__}: {exc})", file=file,
+                         line=_failing_node_line(exc)) from None
     ctx = _Ctx(file, CONVENTIONS["camelCase"])
     if data is None:
-        raise ctx.error("the file is empty", None)
+        raise ctx.error("the file is empty", 1)
     ctx.mapping(data, "the rules", TOP_KEYS, 1, required=("entity", "source_of_truth", "collection", "table", "key"))
     entity = ctx.string(data, "entity", "rules") or ""
     if expected_entity is not None and entity != expected_entity:

@@ -9,17 +9,20 @@ are large; after a transient error the stream resumes after the last document it
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal, NamedTuple
 
 from google.api_core import exceptions as gexc
+from google.api_core import retry
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 from google.protobuf.timestamp_pb2 import Timestamp
 from proto.datetime_helpers import DatetimeWithNanoseconds
 
+from reconciler import backoff
 from reconciler.errors import RuntimeFailure
 from reconciler.keys import Key, Scope
 from reconciler.rules.model import DocumentSpec
@@ -45,6 +48,10 @@ class FsWrite:
     update_time: Any = None
 
 
+# Our own retries resume a stream after its last document; the client's built-in mid-stream retry is off
+# (with its default retry it fails with an AttributeError of its own, google-cloud-firestore 2.34).
+NO_RETRY = retry.Retry(predicate=lambda exc: False)
+MAX_READ_AGE_S = 3000.0  # Firestore keeps versions for 1 hour (7 days with point-in-time recovery): margin kept
 WriteOutcome = tuple[Literal["applied", "changed", "failed"], str]
 CHANGED = (gexc.FailedPrecondition, gexc.NotFound, gexc.AlreadyExists)  # a precondition did not hold
 
@@ -84,11 +91,23 @@ def _one_line(exc: BaseException) -> str:
 
 class FirestoreReader:
     def __init__(self, client: firestore.Client, *, page_size: int = 10_000, retries: int = 5,
-                 timeout: float = 300.0) -> None:
+                 timeout: float = 300.0, read_time: dt.datetime | None = None,
+                 max_read_age_s: float = MAX_READ_AGE_S) -> None:
         self.client = client
         self.page_size = page_size
         self.retries = retries
         self.timeout = timeout
+        self.read_time = read_time  # None: the latest version of every document
+        self.max_read_age_s = max_read_age_s
+
+    def at(self) -> dt.datetime | None:
+        """The instant to read as of. Firestore keeps old versions for an hour only: once the instant is
+        older than max_read_age_s, it moves forward to now (so a long sweep reads page by page as of ever
+        later instants; the re-read after the settle delay sorts out what changed in between)."""
+        now = dt.datetime.now(dt.timezone.utc)
+        if self.read_time is not None and (now - self.read_time).total_seconds() > self.max_read_age_s:
+            self.read_time = now - dt.timedelta(seconds=1)  # never ahead of the server's clock
+        return self.read_time
 
     def stream(self, doc: DocumentSpec, scope: Scope, root_collection: str) -> Iterator[tuple[Key, FsDoc]]:
         """(key, document) in key order: key = (ID,) for root documents, (parent ID, ID) for subdocuments."""
@@ -149,7 +168,7 @@ class FirestoreReader:
 
     def _root_by_ids(self, collection: str, scope: Scope) -> Iterator[tuple[Key, FsDoc]]:
         refs = [self.client.collection(collection).document(i) for i in scope.sorted_ids()]
-        snaps = {s.id: s for s in self.call(lambda: list(self.client.get_all(refs)))}
+        snaps = {s.id: s for s in self.call(lambda: list(self.client.get_all(refs, read_time=self.at())))}
         for i in scope.sorted_ids():
             snap = snaps.get(i)
             if snap is not None and snap.exists:
@@ -158,7 +177,8 @@ class FirestoreReader:
     def _children_by_ids(self, root: str, name: str, scope: Scope) -> Iterator[tuple[Key, FsDoc]]:
         for parent in scope.sorted_ids():
             query = self.client.collection(root).document(parent).collection(name).order_by("__name__")
-            for snap in self.call(lambda: list(query.stream(timeout=self.timeout))):
+            for snap in self.call(lambda: list(query.stream(retry=NO_RETRY, timeout=self.timeout,
+                                                            read_time=self.at()))):
                 yield (parent, snap.id), _doc(snap)
 
     def sample(self, collection: str, n: int) -> list[tuple[str, dict[str, Any]]]:
@@ -177,7 +197,7 @@ class FirestoreReader:
                 if last is not None:
                     query = query.start_after(last)
                 try:
-                    for snap in query.stream(timeout=self.timeout):
+                    for snap in query.stream(retry=NO_RETRY, timeout=self.timeout, read_time=self.at()):
                         got += 1
                         last = snap
                         yield snap
@@ -186,7 +206,7 @@ class FirestoreReader:
                     attempt += 1
                     if attempt > self.retries:
                         raise RuntimeFailure(f"firestore: {_one_line(exc)} (after {self.retries} retries)") from None
-                    time.sleep(min(30.0, 0.5 * 2 ** attempt))
+                    time.sleep(backoff.delay(attempt))
                 except gexc.GoogleAPICallError as exc:
                     raise RuntimeFailure(f"firestore: {_one_line(exc)}") from None
             if got < self.page_size:
@@ -200,7 +220,7 @@ class FirestoreReader:
             except TRANSIENT as exc:
                 if attempt == self.retries:
                     raise RuntimeFailure(f"firestore: {_one_line(exc)} (after {self.retries} retries)") from None
-                time.sleep(min(30.0, 0.5 * 2 ** (attempt + 1)))
+                time.sleep(backoff.delay(attempt + 1))
             except passthrough:
                 raise
             except gexc.GoogleAPICallError as exc:

@@ -9,6 +9,7 @@ document (embeds) are streamed in the same order and grouped to their parent as 
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -17,7 +18,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from reconciler.errors import RuntimeFailure
+from reconciler.errors import ConfigError, RuntimeFailure
 from reconciler.keys import Key, Scope, SortKey, id_sort_key, order_text
 from reconciler.rules.model import Column, DocumentSpec, Embed, Reference
 
@@ -29,6 +30,12 @@ RawRecord = tuple[Row, tuple[list[Row], ...]]  # (row: key text + selected colum
 def connect(dsn: str, *, application_name: str = "reconciler") -> psycopg.Connection:
     """Connect (an empty DSN means libpq's PG* environment variables) with UTC timestamps."""
     try:
+        psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        # libpq quotes the pieces it could not parse, which may be (part of) a password: never repeated here
+        masked = re.sub(r'"([^"]*)"', lambda m: m[0] if len(m[1]) <= 1 else '"..."', _one_line(exc))
+        raise ConfigError(f"not a valid connection string ({masked})", key="postgres.dsn") from None
+    try:
         conn = psycopg.connect(dsn, connect_timeout=10, application_name=application_name)
     except psycopg.Error as exc:
         raise RuntimeFailure(f"postgres: cannot connect: {_one_line(exc)}") from None
@@ -37,10 +44,25 @@ def connect(dsn: str, *, application_name: str = "reconciler") -> psycopg.Connec
     return conn
 
 
-def begin_snapshot(conn: psycopg.Connection) -> None:
-    """One REPEATABLE READ READ ONLY transaction: every stream of the run reads the same instant."""
+def lost(conn: psycopg.Connection) -> bool:
+    """Whether the connection is gone (server restart, pg_terminate_backend, network): worth a reconnect."""
+    return conn.closed or conn.broken
+
+
+def end_snapshot(conn: psycopg.Connection) -> None:
+    """End the read transaction; on a lost connection there is none left to end (and the loss is the error
+    worth reporting, not a second one from here)."""
+    if not lost(conn):
+        conn.rollback()
+
+
+def begin_snapshot(conn: psycopg.Connection) -> dt.datetime:
+    """One REPEATABLE READ READ ONLY transaction: every stream of the run reads the same instant, which is
+    returned (the snapshot is taken by the transaction's first statement, which reads the clock: Firestore
+    is read as of that instant)."""
     conn.rollback()
     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    return conn.execute("SELECT clock_timestamp()").fetchone()[0]
 
 
 def fetch_schema(conn: psycopg.Connection, tables: tuple[str, ...]) -> Schema:
@@ -260,6 +282,28 @@ class _Grouped:
 
 
 # ---------------------------------------------------------------- writes (repair)
+
+def missing_privileges(conn: psycopg.Connection, tables: dict[str, tuple[str, ...]], log_table: str) -> list[str]:
+    """What the connected role lacks to write `tables` (table -> privileges) and to record each write in
+    `log_table` (INSERT on it and its id sequence; CREATE on the schema while it does not exist yet), as
+    "PRIVILEGE on name" phrases. Read-only: asks has_*_privilege, so nothing is attempted before it is allowed."""
+    missing = []
+    for table, privileges in tables.items():
+        for privilege in privileges:
+            if not conn.execute("SELECT has_table_privilege(quote_ident(%s), %s)", [table, privilege]).fetchone()[0]:
+                missing.append(f"{privilege} on table {table}")
+    if conn.execute("SELECT to_regclass(quote_ident(%s)) IS NOT NULL", [log_table]).fetchone()[0]:
+        if not conn.execute("SELECT has_table_privilege(quote_ident(%s), 'INSERT')", [log_table]).fetchone()[0]:
+            missing.append(f"INSERT on table {log_table}")
+        seq = conn.execute("SELECT pg_get_serial_sequence(quote_ident(%s), 'id')", [log_table]).fetchone()[0]
+        if seq and not conn.execute("SELECT has_sequence_privilege(%s, 'USAGE')", [seq]).fetchone()[0]:
+            missing.append(f"USAGE on sequence {seq}")
+    elif not conn.execute("SELECT has_schema_privilege(current_schema(), 'CREATE')").fetchone()[0]:
+        schema = conn.execute("SELECT current_schema()").fetchone()[0]
+        missing.append(f"CREATE on schema {schema} (to create {log_table}; or create it beforehand)")
+    conn.rollback()
+    return missing
+
 
 def begin_serializable(conn: psycopg.Connection) -> None:
     """A read-write transaction in which a concurrent commit to what we read aborts our commit."""

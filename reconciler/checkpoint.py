@@ -1,0 +1,121 @@
+"""Checkpoints: how far an audit got, per run and entity, kept in Postgres (`reconciler_checkpoints`), so that
+`--resume RUN_ID` continues a run that failed (a database gone for longer than the retries, a crash, a kill)
+instead of starting over.
+
+A checkpoint is the last key reconciled of the document kind being swept (earlier kinds of the entity are
+done) and the tally so far (counts, per-field counts, the findings listed, the records to re-read once
+settled). Resuming restores the tally and skips every key up to and including the last one, so no record is
+counted twice and none is skipped. The streams still start at the beginning (the skipped prefix is read,
+not compared); key ranges pushed down into the queries would save that read.
+
+Written every `audit.checkpoint_every` records on a connection of its own (the audit's is read-only), so
+checkpoints need INSERT/UPDATE on the table (and CREATE on the schema for the first run): off by default.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from reconciler.errors import RuntimeFailure, UsageError
+from reconciler.keys import Key
+from reconciler.result import FieldDiff, Finding, FindingKind
+from reconciler.sources import postgres as pg_source
+from reconciler.values import to_json
+
+TABLE = "reconciler_checkpoints"
+DDL = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+  run_id      TEXT NOT NULL,
+  entity      TEXT NOT NULL,
+  collection  TEXT,                 -- the document kind being swept (NULL: the entity is done)
+  last_key    TEXT[],               -- the last key of it reconciled (NULL: none yet)
+  tally       JSONB NOT NULL,       -- counts, field counts, findings, keys to re-read
+  saved_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+  PRIMARY KEY (run_id, entity)
+)
+"""
+
+
+@dataclass(frozen=True)
+class Position:
+    collection: str | None  # None: the entity was done
+    last_key: Key | None
+    tally: dict[str, Any]
+
+
+class Store:
+    """Checkpoints of one run, on a connection of their own (autocommit: each save stands on its own)."""
+
+    def __init__(self, dsn: str, run_id: str) -> None:
+        self.run_id = run_id
+        self.conn = pg_source.connect(dsn, application_name="reconciler-checkpoint")
+        self.conn.autocommit = True
+        try:
+            if self.conn.execute("SELECT to_regclass(%s) IS NULL", [TABLE]).fetchone()[0]:
+                self.conn.execute(DDL)
+        except psycopg.Error as exc:
+            self.conn.close()
+            raise RuntimeFailure(f"postgres: cannot create the checkpoint table {TABLE} "
+                                 f"(audit.checkpoint_every needs it): {' '.join(str(exc).split())}") from None
+
+    def save(self, entity: str, collection: str | None, last_key: Key | None, tally: dict[str, Any]) -> None:
+        try:
+            self.conn.execute(
+                f"INSERT INTO {TABLE} (run_id, entity, collection, last_key, tally) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (run_id, entity) DO UPDATE SET collection = excluded.collection, "
+                "last_key = excluded.last_key, tally = excluded.tally, saved_at = now()",
+                [self.run_id, entity, collection, list(last_key) if last_key else None,
+                 json.dumps(_no_nul(tally), default=str)])
+        except psycopg.Error as exc:
+            raise RuntimeFailure(f"postgres: cannot save a checkpoint: {' '.join(str(exc).split())}") from None
+
+    def load(self, entity: str) -> Position | None:
+        row = self.conn.execute(f"SELECT collection, last_key, tally FROM {TABLE} WHERE run_id = %s AND entity = %s",
+                                [self.run_id, entity]).fetchone()
+        if row is None:
+            return None
+        return Position(row[0], tuple(row[1]) if row[1] else None, row[2])
+
+    def exists(self) -> bool:
+        return self.conn.execute(f"SELECT 1 FROM {TABLE} WHERE run_id = %s LIMIT 1", [self.run_id]).fetchone() is not None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _no_nul(value: Any) -> Any:
+    """jsonb cannot hold NUL characters: written as the text \\u0000 (a checkpoint's findings are for show)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\\u0000")
+    if isinstance(value, dict):
+        return {_no_nul(k): _no_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nul(v) for v in value]
+    return value
+
+
+def open_for_resume(dsn: str, run_id: str) -> Store:
+    store = Store(dsn, run_id)
+    if not store.exists():
+        store.close()
+        raise UsageError(f"--resume {run_id}: no checkpoints of that run in {TABLE} (was audit.checkpoint_every set?)")
+    return store
+
+
+# ---------------------------------------------------------------- findings <-> JSON
+
+def finding_to_json(f: Finding) -> dict[str, Any]:
+    return {"key": f.key, "kind": f.kind.value,
+            "fields": [{"path": d.path, "pattern": d.pattern, "kind": d.kind, "postgres": to_json(d.postgres),
+                        "firestore": to_json(d.firestore)} for d in f.fields]}
+
+
+def finding_from_json(d: dict[str, Any]) -> Finding:
+    """Values come back in their JSON form (what every report shows them as)."""
+    return Finding(d["key"], FindingKind(d["kind"]),
+                   tuple(FieldDiff(x["path"], x["postgres"], x["firestore"], x["pattern"], x["kind"])
+                         for x in d["fields"]))

@@ -1,0 +1,124 @@
+"""Drift is only drift once it has settled.
+
+The sweep reads both sides as of one instant (Postgres: one REPEATABLE READ snapshot; Firestore: `read_time` set
+to the snapshot's instant). A record the application was writing at that instant can still differ: the
+dual-writing app commits Postgres first and writes Firestore a moment later. So every record that differed is
+read again, once, after `audit.settle_s`, both sides as of a new common instant, and only what still differs
+then is drift. A record that still differs but whose Firestore document changed after that instant, or within
+`audit.recent_s` before it, is in flight: counted as such, not reported as drift.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from reconciler.config import Settings
+from reconciler.diff import diff_records
+from reconciler.keys import Key, Scope
+from reconciler.mapping import Branch, FirestoreMapper, PostgresMapper, shape_of
+from reconciler.result import Finding, FindingKind
+from reconciler.rules.model import DocumentSpec, EntityRules
+from reconciler.sources import Sides
+from reconciler.sources import firestore as fs_source
+from reconciler.sources import postgres as pg_source
+
+
+def document_path(rules: EntityRules, doc: DocumentSpec, key: Key) -> str:
+    if doc.parent is None:
+        return f"{doc.collection}/{key[0]}"
+    return f"{rules.top_collection}/{key[0]}/{doc.collection}/{key[1]}"
+
+
+def finding_for(rules: EntityRules, doc: DocumentSpec, shape: Branch, key: Key, pg: dict[str, Any] | None,
+                fs: dict[str, Any] | None) -> Finding | None:
+    """What one record's two canonical versions amount to: None when they agree under the rules."""
+    if fs is None:
+        return Finding(document_path(rules, doc, key), FindingKind.MISSING_IN_FIRESTORE)
+    if pg is None:
+        return Finding(document_path(rules, doc, key), FindingKind.MISSING_IN_POSTGRES)
+    fields = diff_records(shape, pg, fs, rules.compare)
+    return Finding(document_path(rules, doc, key), FindingKind.MISMATCH, fields) if fields else None
+
+
+@dataclass(frozen=True)
+class Reread:
+    """One record read again: its finding now (None: it settled), both versions, and whether it is in flight."""
+
+    finding: Finding | None
+    postgres: dict[str, Any] | None
+    firestore_doc: fs_source.FsDoc | None
+    firestore: dict[str, Any] | None
+    in_flight: bool = False
+
+
+def reread(rules: EntityRules, sides: Sides, settings: Settings,
+           wanted: dict[int, tuple[DocumentSpec, list[Key]]]) -> dict[tuple[str, Key], Reread]:
+    """Read the `wanted` records (per document kind) again after the settle delay; keyed (collection, key)."""
+    if not any(keys for _, keys in wanted.values()):
+        return {}
+    time.sleep(settings.settle_s)
+    out: dict[tuple[str, Key], Reread] = {}
+    instant = pg_source.begin_snapshot(sides.pg)
+    try:
+        pg_reader = pg_source.PostgresReader(sides.pg, sides.schema, server_side=False)
+        fs_reader = fs_source.FirestoreReader(sides.fs, timeout=settings.firestore.timeout_s, read_time=instant)
+        for doc, keys in wanted.values():
+            out.update(_reread_doc(rules, doc, keys, pg_reader, fs_reader))
+    finally:
+        pg_source.end_snapshot(sides.pg)
+    _mark_in_flight(rules, sides, settings, wanted, out, instant)
+    return out
+
+
+def _reread_doc(rules: EntityRules, doc: DocumentSpec, keys: list[Key], pg_reader: pg_source.PostgresReader,
+                fs_reader: fs_source.FirestoreReader) -> dict[tuple[str, Key], Reread]:
+    wanted = set(keys)
+    scope = Scope(ids=tuple(sorted({k[0] for k in wanted})))
+    pg_map, fs_map, shape = PostgresMapper(doc, rules.compare), FirestoreMapper(doc, rules.compare), shape_of(doc)
+    pg = {k: pg_map.record(*raw) for k, raw in pg_reader.stream(doc, scope) if k in wanted}
+    fs = {k: d for k, d in fs_reader.stream(doc, scope, rules.top_collection) if k in wanted}
+    out = {}
+    for key in keys:
+        fs_doc = fs.get(key)
+        fs_rec = fs_map.record(fs_doc.fields) if fs_doc is not None else None
+        if key not in pg and fs_doc is None:  # gone from both sides since the sweep: nothing left to compare
+            out[(doc.collection, key)] = Reread(None, None, None, None)
+            continue
+        out[(doc.collection, key)] = Reread(finding_for(rules, doc, shape, key, pg.get(key), fs_rec), pg.get(key),
+                                            fs_doc, fs_rec)
+    return out
+
+
+def _mark_in_flight(rules: EntityRules, sides: Sides, settings: Settings,
+                    wanted: dict[int, tuple[DocumentSpec, list[Key]]], out: dict[tuple[str, Key], Reread],
+                    instant: dt.datetime) -> None:
+    """A record that still differs is in flight when its Firestore document changed after the instant (the
+    second half of a dual write landed since) or less than recent_s before it."""
+    still = [(doc, key) for doc, keys in wanted.values() for key in keys
+             if out[(doc.collection, key)].finding is not None]
+    if not still:
+        return
+    paths = [document_path(rules, doc, key) for doc, key in still]
+    latest = fs_source.FirestoreWriter(sides.fs).read(paths)
+    recent = instant - dt.timedelta(seconds=settings.recent_s)
+    for (doc, key), path in zip(still, paths):
+        r = out[(doc.collection, key)]
+        seen = r.firestore_doc.update_time if r.firestore_doc is not None else None
+        now = latest[path].update_time if latest[path] is not None else None
+        if now != seen or (seen is not None and settings.recent_s > 0 and _utc(seen) > recent):
+            out[(doc.collection, key)] = Reread(r.finding, r.postgres, r.firestore_doc, r.firestore, in_flight=True)
+
+
+def _utc(value: Any) -> dt.datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
+
+
+def keys_of(pending: Iterable[tuple[DocumentSpec, Key]]) -> dict[int, tuple[DocumentSpec, list[Key]]]:
+    """Pending records grouped per document kind (by identity: specs are not hashable by value cheaply)."""
+    out: dict[int, tuple[DocumentSpec, list[Key]]] = {}
+    for doc, key in pending:
+        out.setdefault(id(doc), (doc, []))[1].append(key)
+    return out

@@ -1,0 +1,161 @@
+"""Hostile and odd data on both sides becomes findings, never a crash; reports stay valid JSON and safe HTML.
+
+Real Postgres (seed 000 schema) and the real Firestore emulator. Every case names the record it spoils and
+the finding it must produce (path and kind), so a case that silently stopped being a finding fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import psycopg
+from click.testing import CliRunner
+from google.cloud.firestore_v1 import GeoPoint
+
+from reconciler.cli import main
+
+NUL_EMOJI = "nul\x00byte 🙂 \u202e rtl"
+
+
+def _nested(depth: int) -> dict:
+    value: dict = {"leaf": 1}
+    for i in range(depth - 1):
+        value = {f"l{depth - 1 - i}": value}
+    return value
+
+
+def _strict_json(text: str):
+    """json.loads that refuses NaN/Infinity, which are not JSON (Python writes them by default)."""
+    def refuse(name: str):
+        raise ValueError(f"not JSON: {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_hostile_firestore_documents_and_odd_postgres_rows_become_findings(customers_loaded, fs_client, pg_dsn,
+                                                                          tmp_path):
+    settings, people = customers_loaded
+    col = fs_client.collection("customers")
+    with_metrics = [p for p in people if p.document.get("metrics") and p.tables.get("customer_metrics")]
+    with_addr = [p for p in people if p.subcollections.get("addresses")]
+    ids = [p.id for p in people]
+    taken = {p.id for p in with_metrics[:4]} | {with_addr[0].id}
+    rest = [i for i in ids if i not in taken]
+    m1, m2, m3 = (p.id for p in with_metrics[:3])
+    addr_parent = with_addr[0].id
+    addr_id = next(iter(with_addr[0].subcollections["addresses"]))
+    huge = "x" * 1_040_000  # the document stays just under Firestore's 1 MiB limit
+
+    # Firestore: values of the wrong kind, non-finite numbers, unusual types, big and deep documents
+    col.document(m1).update({"metrics.totalSpent": "12.50 USD",          # string where a number is expected
+                             "metrics.churnProbability": float("nan"),
+                             "metrics.lifetimeValue": float("inf"),
+                             "metrics.netRevenue": float("-inf")})
+    col.document(m2).update({"tags": {"not": "an array"},                # map where an array is expected
+                             "segments": {"also": "a map"},              # map where a set of maps is expected
+                             "notes": b"\x00\xffbytes"})                 # bytes where text is expected
+    col.document(m3).update({"email": fs_client.document("other/doc"),  # a reference where a string is expected
+                             "phone": GeoPoint(1.5, 2.5),                # a GeoPoint where a string is expected
+                             "metrics": "flat string"})                  # a string where a map is expected
+    col.document(with_metrics[3].id).update({"metrics.totalSpent": float("nan")})  # NaN on both sides: equal
+    col.document(rest[0]).update({"firstName": NUL_EMOJI})
+    col.document(rest[1]).update({"internalNotes": huge})
+    col.document(rest[2]).update({"customAttributes": _nested(19)})    # 20 levels deep with the field itself
+    col.document(rest[3]).update({"createdAt": "2024-01-01T00:00:00Z"})  # text where a timestamp is expected
+    col.document(addr_parent).collection("addresses").document(addr_id).update(
+        {"geoPoint": "51.5,-0.1", "city": ["a", "list"]})               # text where a GeoPoint is, list for text
+    col.document(rest[4]).update({"risk": [1, 2, 3]})                   # an array where a map is expected
+    # documents whose IDs are odd (they exist only in Firestore)
+    odd_ids = ["__id7__", "🙂", "<img src=x onerror=alert(1)>", "a b"]
+    for odd in odd_ids:
+        col.document(odd).set({"email": "<script>alert('x')</script>", "firstName": NUL_EMOJI})
+
+    # Postgres: NULL where NOT NULL looks likely, JSONB of every JSON type and beyond double range
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("UPDATE customer_metrics SET total_spent = 'NaN' WHERE customer_id = %s", (with_metrics[3].id,))
+        conn.execute("UPDATE customers SET status = NULL, created_at = NULL, customer_type = NULL WHERE id = %s",
+                     (rest[5],))
+        conn.execute("""UPDATE customers SET custom_attributes = '"just a string"'::jsonb WHERE id = %s""", (rest[6],))
+        conn.execute("UPDATE customers SET custom_attributes = '[1, \"two\", null, {\"x\": []}]'::jsonb "
+                     "WHERE id = %s", (rest[7],))
+        conn.execute("UPDATE customers SET custom_attributes = '{\"big\": 1e400, \"tiny\": 1e-400}'::jsonb "
+                     "WHERE id = %s", (rest[8],))
+        conn.execute("UPDATE customers SET custom_attributes = 'null'::jsonb WHERE id = %s", (rest[9],))
+        conn.execute("UPDATE customers SET tags = ARRAY[NULL, '', '<b>bold</b>']::text[] WHERE id = %s", (rest[10],))
+
+    out = tmp_path / "report"
+    runner = CliRunner(env={"RECONCILER_PG_DSN": pg_dsn})
+    res = runner.invoke(main, ["--entity", "customers", "--report-dir", str(out)], catch_exceptions=False)
+    assert res.exit_code == 1, res.output  # drift, not a failure
+    report = _strict_json((out / "report.json").read_text())
+    (entity,) = report["entities"]
+    assert entity["error"] is None
+    found = {f["key"]: {d["path"]: d for d in f["fields"]} | {"": f["kind"]} for f in entity["findings"]}
+
+    def field(doc_id: str, path: str, sub: str = "") -> dict:
+        key = f"customers/{doc_id}{sub}"
+        assert key in found, f"no finding for {key}"
+        assert path in found[key], f"{key}: no {path} in {sorted(found[key])}"
+        return found[key][path]
+
+    assert field(m1, "metrics.totalSpent")["kind"] == "type_mismatch"
+    assert field(m1, "metrics.totalSpent")["firestore"] == "12.50 USD"
+    for path, text in (("metrics.churnProbability", "nan"), ("metrics.lifetimeValue", "inf"),
+                       ("metrics.netRevenue", "-inf")):
+        d = field(m1, path)
+        assert d["firestore"] == text and d["kind"] == "value", d
+    assert "metrics.totalSpent" not in found.get(f"customers/{with_metrics[3].id}", {})
+    assert field(m2, "tags")["kind"] == "type_mismatch"
+    assert field(m2, "segments")["kind"] == "type_mismatch"
+    assert field(m2, "notes")["firestore"] == {"bytes_base64": "AP9ieXRlcw=="}
+    assert field(m2, "notes")["kind"] == "type_mismatch"
+    assert field(m3, "email")["firestore"] == {"reference": "other/doc"}
+    assert field(m3, "email")["kind"] == "type_mismatch"
+    assert field(m3, "phone")["firestore"] == {"latitude": 1.5, "longitude": 2.5}
+    assert field(m3, "phone")["kind"] == "type_mismatch"
+    assert field(m3, "metrics")["kind"] == "type_mismatch"
+    assert field(rest[0], "firstName")["firestore"] == NUL_EMOJI
+    assert field(rest[1], "internalNotes")["firestore"] == huge
+    assert field(rest[2], "customAttributes.l1")["firestore"] == _nested(19)["l1"]
+    assert field(rest[3], "createdAt")["kind"] == "type_mismatch"
+    sub = f"/addresses/{addr_id}"
+    assert field(addr_parent, "geoPoint", sub)["kind"] == "type_mismatch"
+    assert field(addr_parent, "city", sub)["kind"] == "type_mismatch"
+    assert field(rest[4], "risk")["kind"] == "type_mismatch"
+    for odd in odd_ids:
+        assert found[f"customers/{odd}"][""] == "missing_in_postgres"
+    assert field(rest[5], "status")["postgres"] is None
+    assert field(rest[5], "createdAt")["postgres"] is None
+    assert field(rest[6], "customAttributes")["postgres"] == "just a string"
+    assert field(rest[6], "customAttributes")["kind"] == "type_mismatch"
+    assert field(rest[7], "customAttributes")["kind"] == "type_mismatch"
+    assert field(rest[8], "customAttributes.big")["postgres"] == 10 ** 400  # exact: jsonb keeps numerics whole
+    assert field(rest[10], "tags")["postgres"] == [None, "", "<b>bold</b>"]
+    assert report["entities"][0]["counts"]["missing_in_postgres"] == len(odd_ids)
+    # JSON null in a jsonb column reads as NULL: Firestore's map is then all the difference
+    assert {d["path"] for d in found[f"customers/{rest[9]}"].values() if isinstance(d, dict)} == {"customAttributes"}, found[f"customers/{rest[9]}"]
+
+    page = (out / "report.html").read_text()
+    assert "<script>alert" not in page and "<img src=x" not in page and "<b>bold" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "\x00" not in page  # a NUL is shown escaped, not sent to the browser
+    assert "type mismatch" in page
+
+    # the same data through repair planning (a dry run) is no crash either
+    res = runner.invoke(main, ["--entity", "customers", "--repair", "--force", "--report-dir", str(out)],
+                        catch_exceptions=False)
+    assert res.exit_code == 1, res.output
+    report = _strict_json((out / "report.json").read_text())
+    assert report["entities"][0]["repair"]["planned"] > 0
+    assert not any(isinstance(v, float) and not math.isfinite(v) for v in _walk(report))
+
+
+def _walk(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _walk(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _walk(v)
+    else:
+        yield value
