@@ -150,7 +150,18 @@ ENV = {
     "RECONCILER_REPORT_DIR": ("audit", "report_dir"),
     "SENTRY_DSN": ("sentry", "dsn"),
     "RECONCILER_HISTORY_DSN": ("history", "dsn"),
+    "RECONCILER_SETTLE_S": ("audit", "settle_s"),  # e.g. 0 during an incident: no wait before the re-read
 }
+
+
+def _env_value(var: str, section: str, key: str, text: str) -> Any:
+    """An environment variable's text as the key's type: numbers parse, or the error names the variable."""
+    if _SCHEMA[section][key] == (int, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"must be a number, got {text!r}", key=var) from None
+    return _from_cwd(key, text)
 
 
 def _check(data: dict[str, Any], file: str) -> None:
@@ -284,7 +295,7 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         if var in env:
             if not env[var].strip():
                 raise ConfigError("is set but empty: unset it or give a value", key=var)
-            data.setdefault(section, {})[key] = _from_cwd(key, env[var])
+            data.setdefault(section, {})[key] = _env_value(var, section, key, env[var])
     for dotted, value in (overrides or {}).items():
         if value is not None:
             section, key = dotted.split(".", 1)

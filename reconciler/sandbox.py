@@ -651,12 +651,12 @@ class _EarlyExit(Exception):
     pass
 
 
-def _launch_emulator(gcloud: str, port: int, logdir: Path) -> FirestoreEmulator:
+def _launch_emulator(gcloud: str, port: int, logdir: Path, args: tuple[str, ...] = ()) -> FirestoreEmulator:
     log_path = logdir / f"firestore-emulator-{port}.log"
     log = open(log_path, "wb")
     try:
         proc = subprocess.Popen(
-            [gcloud, "emulators", "firestore", "start", f"--host-port=127.0.0.1:{port}"],
+            [gcloud, "emulators", "firestore", "start", f"--host-port=127.0.0.1:{port}", *args],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(logdir),
             env=_clean_env(CLOUDSDK_CORE_DISABLE_PROMPTS="1", LC_ALL="C.UTF-8", LANG="C.UTF-8"),
         )
@@ -686,8 +686,9 @@ def _wait_ready(emu: FirestoreEmulator, deadline: float, cancel: threading.Event
 
 
 def start_firestore_emulator(port: int | None = None, timeout: float = 60, *, workdir: Path | None = None,
-                             _cancel: threading.Event | None = None) -> FirestoreEmulator:
-    """Start `gcloud emulators firestore start` on 127.0.0.1 and wait until it answers "Ok" on GET /."""
+                             args: tuple[str, ...] = (), _cancel: threading.Event | None = None) -> FirestoreEmulator:
+    """Start `gcloud emulators firestore start` on 127.0.0.1 and wait until it answers "Ok" on GET /.
+    `args`: more options of that command (e.g. --export-on-exit=DIR, --import-data=DIR)."""
     t0 = time.monotonic()
     gcloud = find_gcloud()
     if not os.environ.get("JAVA_HOME") and not shutil.which("java"):
@@ -701,7 +702,7 @@ def start_firestore_emulator(port: int | None = None, timeout: float = 60, *, wo
     attempts = 1 if port is not None else 3
     for attempt in range(attempts):
         p = port if port is not None else free_port()
-        emu = _launch_emulator(gcloud, p, logdir)
+        emu = _launch_emulator(gcloud, p, logdir, args)
         try:
             _wait_ready(emu, deadline, _cancel)
         except _EarlyExit as exc:

@@ -31,6 +31,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
+def _no_settle_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped config waits audit.settle_s = 5 s before re-reading what differs; tests still re-read, without
+    the wait (the concurrent-writer tests set their own delay). Subprocesses inherit it."""
+    monkeypatch.setenv("RECONCILER_SETTLE_S", "0")
+
+
+@pytest.fixture(autouse=True)
 def _root_logging_restored():
     """The CLI configures the root logger for its process (logs.configure); in-process CLI tests must not leave
     that handler behind for the tests after them."""

@@ -37,3 +37,14 @@ def test_missing_explicit_config_file_is_an_error(tmp_path):
 def test_the_shipped_example_config_is_valid():
     s = load_settings(Path(__file__).parents[1] / "config" / "reconciler.toml", env={})
     assert s.rules_dir.resolve() == (Path(__file__).parents[1] / "rules").resolve() and s.entities == ("customers",)
+
+
+def test_the_settle_delay_can_be_set_from_the_environment():
+    shipped = Path(__file__).parents[1] / "config" / "reconciler.toml"
+    assert load_settings(shipped, env={}).settle_s == 5.0
+    assert load_settings(shipped, env={"RECONCILER_SETTLE_S": "0"}).settle_s == 0.0
+    assert load_settings(None, env={"RECONCILER_SETTLE_S": "1.5"}).settle_s == 1.5
+    with pytest.raises(ConfigError, match="RECONCILER_SETTLE_S: must be a number, got 'soon'"):
+        load_settings(None, env={"RECONCILER_SETTLE_S": "soon"})
+    with pytest.raises(ConfigError, match="audit.settle_s"):
+        load_settings(None, env={"RECONCILER_SETTLE_S": "-1"})

@@ -7,10 +7,13 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from pathlib import Path
 
 import psycopg
 
 from reconciler.engine import run_audit
+
+RULES = Path(__file__).parents[1] / "rules"
 
 
 def _summary(result):
@@ -248,3 +251,68 @@ def test_a_failed_audit_resumes_from_its_checkpoint(customers_loaded, fs_client,
     restored = sum(tally["counts"].get(k, 0) for k in ("matched", "mismatched", "missing_in_firestore",
                                                            "missing_in_postgres"))
     assert sum(swept.values()) == counts.matched + counts.drifted - restored  # compared: only what was left
+
+
+def test_the_real_emulator_stopped_and_started_again_mid_sweep(pg_dsn, tmp_path, monkeypatch, caplog):
+    """The Firestore emulator process itself is stopped while the sweep streams subcollection documents and
+    started again on the same port with the same data (the emulator keeps data in memory: it is exported through
+    the emulator's own export endpoint beforehand; nothing writes during the sweep): the sweep retries with
+    backoff until it answers, resumes after the last document it had, and gives the uninterrupted result."""
+    import json
+    import logging
+    import urllib.request
+
+    from google.cloud import firestore
+
+    from demo import customers
+    from reconciler import sandbox
+    from reconciler.config import load_settings
+
+    export = tmp_path / "export"
+    export.mkdir()
+    emu = sandbox.start_firestore_emulator()
+    port = int(emu.host.rsplit(":", 1)[1])
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", emu.host)
+    servers = [emu]
+    try:
+        people = customers.generate(120, seed=7)
+        with psycopg.connect(pg_dsn) as conn:
+            customers.create_schema(conn)
+            customers.load_postgres(conn, people)
+        client = firestore.Client(project="test-restart")
+        customers.load_firestore(client, people)
+        _drift(people, client, pg_dsn)
+        settings = load_settings(None, env={"RECONCILER_PG_DSN": pg_dsn, "GOOGLE_CLOUD_PROJECT": "test-restart",
+                                            "RECONCILER_RULES_DIR": str(RULES)})
+        uninterrupted = _summary(run_audit(settings, ["customers"]))
+        body = {"database": "projects/test-restart/databases/(default)", "export_directory": str(export)}
+        urllib.request.urlopen(urllib.request.Request(
+            f"http://{emu.host}/emulator/v1/projects/test-restart:export", data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"}, method="POST"), timeout=60)
+        (saved,) = export.glob("*/*.overall_export_metadata")
+
+        roots_done, restarted = threading.Event(), threading.Event()
+
+        def stop_and_start_again() -> None:
+            roots_done.wait(timeout=60)
+            emu.stop()
+            servers.append(sandbox.start_firestore_emulator(port=port, args=(f"--import-data={saved}",)))
+            restarted.set()
+
+        def progress(entity: str, collection: str, n: int, drifted: int) -> None:
+            if collection == "customers":
+                roots_done.set()  # the subcollection streams start now, and the emulator goes away under them
+
+        stopper = threading.Thread(target=stop_and_start_again, daemon=True)
+        stopper.start()
+        small_pages = dataclasses.replace(settings, firestore=dataclasses.replace(settings.firestore, page_size=2))
+        with caplog.at_level(logging.WARNING, logger="reconciler.sources.firestore"):
+            interrupted = _summary(run_audit(small_pages, ["customers"], progress=progress))
+        stopper.join(timeout=90)
+        assert restarted.is_set(), "the emulator was not started again"
+        retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+        assert retries, "the sweep never met the stopped emulator: nothing was tested"
+        assert interrupted == uninterrupted
+    finally:
+        for server in servers:
+            server.stop()

@@ -10,6 +10,7 @@ are large; after a transient error the stream resumes after the last document it
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from reconciler import backoff
 from reconciler.errors import RuntimeFailure
 from reconciler.keys import Key, Scope
 from reconciler.rules.model import DocumentSpec
+
+log = logging.getLogger(__name__)
 
 LOWEST_ID = "__id-9223372036854775808__"  # Firestore's first document ID in key order
 TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError, gexc.Aborted,
@@ -206,11 +209,17 @@ class FirestoreReader:
                     attempt += 1
                     if attempt > self.retries:
                         raise RuntimeFailure(f"firestore: {_one_line(exc)} (after {self.retries} retries)") from None
-                    time.sleep(backoff.delay(attempt))
+                    self._wait(attempt, exc)
                 except gexc.GoogleAPICallError as exc:
                     raise RuntimeFailure(f"firestore: {_one_line(exc)}") from None
             if got < self.page_size:
                 return
+
+    def _wait(self, attempt: int, exc: BaseException) -> None:
+        """Back off before retry `attempt`, saying so: a night of retries should not look like a hang."""
+        wait = backoff.delay(attempt)
+        log.warning("firestore: %s; retry %d of %d in %.1f s", _one_line(exc), attempt, self.retries, wait)
+        time.sleep(wait)
 
     def call(self, fn: Callable[[], Any], passthrough: tuple[type[Exception], ...] = ()) -> Any:
         """fn(), retried on transient errors; other API errors become a RuntimeFailure, except `passthrough`."""
@@ -220,7 +229,7 @@ class FirestoreReader:
             except TRANSIENT as exc:
                 if attempt == self.retries:
                     raise RuntimeFailure(f"firestore: {_one_line(exc)} (after {self.retries} retries)") from None
-                time.sleep(backoff.delay(attempt + 1))
+                self._wait(attempt + 1, exc)
             except passthrough:
                 raise
             except gexc.GoogleAPICallError as exc:
