@@ -69,7 +69,7 @@ class Store:
                 "ON CONFLICT (run_id, entity) DO UPDATE SET collection = excluded.collection, "
                 "last_key = excluded.last_key, tally = excluded.tally, saved_at = now()",
                 [self.run_id, entity, collection, list(last_key) if last_key else None,
-                 json.dumps(_no_nul(tally), default=str)])
+                 json.dumps(pg_source.jsonb_safe(tally), default=str)])
         except psycopg.Error as exc:
             raise RuntimeFailure(f"postgres: cannot save a checkpoint: {' '.join(str(exc).split())}") from None
 
@@ -85,17 +85,6 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
-
-
-def _no_nul(value: Any) -> Any:
-    """jsonb cannot hold NUL characters: written as the text \\u0000 (a checkpoint's findings are for show)."""
-    if isinstance(value, str):
-        return value.replace("\x00", "\\u0000")
-    if isinstance(value, dict):
-        return {_no_nul(k): _no_nul(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_no_nul(v) for v in value]
-    return value
 
 
 def open_for_resume(dsn: str, run_id: str) -> Store:

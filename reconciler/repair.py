@@ -502,7 +502,7 @@ class _Applier:
             before = p.drift.firestore_canonical if self.target == "firestore" else p.drift.postgres
             after = None if p.action == RepairAction.DELETE else (
                 p.drift.postgres if self.target == "firestore" else p.drift.firestore_canonical)
-            snapshot = _jsonb_safe({"before": to_json(before), "after": to_json(after), "writes": list(p.shown)})
+            snapshot = pg_source.jsonb_safe({"before": to_json(before), "after": to_json(after), "writes": list(p.shown)})
             rows.append((self.run_id, self.rules.entity, p.drift.finding.key, p.action.value,
                          statuses["postgres"], statuses["firestore"], json.dumps(snapshot, default=str),
                          message or None, now if status == "applied" else None))
@@ -515,17 +515,6 @@ class _Applier:
         except psycopg.Error as exc:
             raise RuntimeFailure(f"postgres: cannot record {len(rows)} repairs in {LOG_TABLE} "
                                  f"({', '.join(r[2] for r in rows[:3])}...): {' '.join(str(exc).split())}") from None
-
-
-def _jsonb_safe(value: Any) -> Any:
-    """jsonb cannot hold NUL characters: they are written as the text \\u0000."""
-    if isinstance(value, str):
-        return value.replace("\x00", "\\u0000")
-    if isinstance(value, dict):
-        return {_jsonb_safe(k): _jsonb_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_jsonb_safe(v) for v in value]
-    return value
 
 
 def ensure_log(conn: psycopg.Connection) -> None:

@@ -337,6 +337,18 @@ def _where(key: dict[str, Any]) -> tuple[sql.Composable, list[Any]]:
     return sql.SQL(" AND ").join(terms), params
 
 
+def jsonb_safe(value: Any) -> Any:
+    """jsonb cannot hold NUL characters: they are written as the text \\u0000 (audit trails and checkpoints are
+    for people to read; the value itself is never written back)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\\u0000")
+    if isinstance(value, dict):
+        return {jsonb_safe(k): jsonb_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [jsonb_safe(v) for v in value]
+    return value
+
+
 def _adapt(value: Any, udt: str) -> Any:
     return Jsonb(value) if udt in ("json", "jsonb") and value is not None else value
 
