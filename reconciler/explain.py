@@ -182,7 +182,7 @@ def _side_by_side(d: Document) -> list[str]:
     pg, fs = dict(_flat(d.postgres, _canon)), dict(_flat(d.firestore, _canon))
     paths = list(dict.fromkeys([*pg, *fs]))
     width = min(max((len(p) for p in paths), default=5), 44)
-    out = [f"-- Canonical (as compared; * differs)", f"    {'field'.ljust(width)}  {'postgres'.ljust(WIDE)}  firestore"]
+    out = ["-- Canonical (as compared; * differs)", f"    {'field'.ljust(width)}  {'postgres'.ljust(WIDE)}  firestore"]
     for p in paths:
         mark = "*" if any(_within(p, f.path) for f in d.fields) else " "
         a, b = pg.get(p, "—") if d.postgres is not None else "(no row)", fs.get(p, "—") if d.firestore is not None \
