@@ -54,9 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         client = firestore.Client(project=PROJECT)
         people = customers.generate(args.customers, seed=1)
         with psycopg.connect(dsn) as conn:
-            customers.create_schema(conn)
-            customers.load_postgres(conn, people)
-            customers.load_firestore(client, people)
+            customers.load(conn, client, people)
             customers.inject_demo_drift(conn, client, people, seed=3)
         settings = load_settings(None, env={"RECONCILER_PG_DSN": dsn, "GOOGLE_CLOUD_PROJECT": PROJECT,
                                             "RECONCILER_RULES_DIR": str(ROOT / "rules"), "RECONCILER_REPORT_DIR": out})

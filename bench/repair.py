@@ -40,9 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         client = firestore.Client(project=PROJECT)
         people = customers.generate(args.customers, seed=1)
         with psycopg.connect(dsn) as conn:
-            customers.create_schema(conn)
-            customers.load_postgres(conn, people)
-        customers.load_firestore(client, people)
+            customers.load(conn, client, people)
         drifted = 0
         batch = client.batch()
         for i, p in enumerate(random.Random(2).sample(people, args.drifted)):

@@ -552,6 +552,13 @@ def load_firestore(client: firestore.Client, customers: Iterable[Customer], coll
 
 # ---------------------------------------------------------------- drift
 
+def load(conn: psycopg.Connection, client: firestore.Client, customers: list[Customer]) -> None:
+    """The schema and these customers on both sides, in sync (dataset.load's twin for seed 000)."""
+    create_schema(conn)
+    load_postgres(conn, customers)
+    load_firestore(client, customers)
+
+
 def inject_demo_drift(conn: psycopg.Connection, client: firestore.Client, customers: list[Customer], seed: int = 1,
                       ratio: float = 0.01, collection: str = "customers") -> list[dict[str, Any]]:
     """Real drift in both databases, about `ratio` of the customers (at least one of each kind)."""

@@ -151,9 +151,7 @@ def customers_loaded(pg_dsn, fs_client, fs_project) -> Loaded:
 
     people = customers.generate(30, seed=7)
     with psycopg.connect(pg_dsn) as conn:
-        customers.create_schema(conn)
-        customers.load_postgres(conn, people)
-    customers.load_firestore(fs_client, people)
+        customers.load(conn, fs_client, people)
     settings = load_settings(None, env={"RECONCILER_PG_DSN": pg_dsn, "GOOGLE_CLOUD_PROJECT": fs_project,
                                         "RECONCILER_RULES_DIR": str(ROOT / "rules")})
     return Loaded(settings, people)

@@ -276,11 +276,9 @@ def test_the_real_emulator_stopped_and_started_again_mid_sweep(pg_dsn, tmp_path,
     servers = [emu]
     try:
         people = customers.generate(120, seed=7)
-        with psycopg.connect(pg_dsn) as conn:
-            customers.create_schema(conn)
-            customers.load_postgres(conn, people)
         client = firestore.Client(project="test-restart")
-        customers.load_firestore(client, people)
+        with psycopg.connect(pg_dsn) as conn:
+            customers.load(conn, client, people)
         _drift(people, client, pg_dsn)
         settings = load_settings(None, env={"RECONCILER_PG_DSN": pg_dsn, "GOOGLE_CLOUD_PROJECT": "test-restart",
                                             "RECONCILER_RULES_DIR": str(RULES)})
