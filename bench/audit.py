@@ -162,7 +162,7 @@ def _baseline(settings: Any, rules: Any, limit: int, t0: float) -> dict[str, Any
     """What one writes without this tool: every record of both sides in a dict, then one DeepDiff."""
     from deepdiff import DeepDiff
 
-    from reconciler import engine
+    from reconciler import engine, settle
     from reconciler.mapping import FirestoreMapper, PostgresMapper
     from reconciler.sources import firestore as fs_source
     from reconciler.sources import postgres as pg_source
@@ -177,9 +177,9 @@ def _baseline(settings: Any, rules: Any, limit: int, t0: float) -> dict[str, Any
     for doc in rules.documents:
         pg_map, fs_map = PostgresMapper(doc, rules.compare), FirestoreMapper(doc, rules.compare)
         for key, raw in pg_reader.stream(doc, scope):
-            pg_all[engine.document_path(rules, doc, key)] = pg_map.record(*raw)
+            pg_all[settle.document_path(rules, doc, key)] = pg_map.record(*raw)
         for key, d in fs_reader.stream(doc, scope, rules.top_collection):
-            fs_all[engine.document_path(rules, doc, key)] = fs_map.record(d.fields)
+            fs_all[settle.document_path(rules, doc, key)] = fs_map.record(d.fields)
     sides.pg.close()
     t_load = time.monotonic() - t0
     diff = DeepDiff(pg_all, fs_all, significant_digits=6, ignore_numeric_type_changes=True)

@@ -170,9 +170,6 @@ class Tally:
         return self.counts["mismatched"] + self.counts["missing_in_firestore"] + self.counts["missing_in_postgres"]
 
 
-document_path = settle.document_path  # where explain and others have always found it
-
-
 def _count_key(finding: Finding) -> str:
     return finding.kind.value if finding.kind != FindingKind.MISMATCH else "mismatched"
 

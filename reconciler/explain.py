@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
-from reconciler import engine
+from reconciler import engine, settle
 from reconciler.config import Settings
 from reconciler.diff import diff_records
 from reconciler.errors import ReconcilerError
@@ -91,7 +91,7 @@ def _documents(rules: EntityRules, spec: DocumentSpec, sides: Any, doc_id: str, 
         else:
             fields = diff_records(shape, canonical_pg, canonical_fs, rules.compare)
             kind = FindingKind.MISMATCH if fields else None
-        yield Document(engine.document_path(rules, spec, key), _rows_for(spec, rows, key), canonical_pg,
+        yield Document(settle.document_path(rules, spec, key), _rows_for(spec, rows, key), canonical_pg,
                        fs.get(key), canonical_fs, kind, fields)
 
 
