@@ -179,9 +179,11 @@ def map_ranges(fn: Callable[[Any], T], tasks: list[Any], workers: int,
                on_done: Callable[[T], None] = lambda r: None) -> list[T]:
     """fn(task) for each task in `workers` fresh processes (spawned: no forked gRPC or libpq state); the results
     in task order. The first error is raised once the others have stopped. After SIGTERM (stop.py), no further
-    task starts: the run stops once the running ones are done."""
+    task starts, and the running ones stop at their next safe point (the request is shared with them, see stop.py)."""
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx) as pool:
+    with stop.shared(ctx) as requested, ProcessPoolExecutor(
+            max_workers=min(workers, len(tasks)), mp_context=ctx, initializer=stop.in_worker,
+            initargs=(requested,)) as pool:
         futures = [pool.submit(fn, t) for t in tasks]
         try:
             for f in futures:

@@ -1,17 +1,45 @@
 """A polite stop. SIGTERM (cron's timeout, systemd, Kubernetes) asks the run to stop at the next safe point:
 a repair finishes the batch it is writing (and its audit-trail rows) and applies nothing more; an audit stops
-at its next thousand records. The CLI installs the handler; a second SIGTERM kills at once."""
+at its next thousand records. The CLI installs the handler; a second SIGTERM kills at once.
+
+With --workers the request is shared with the worker processes (`shared`): a SIGTERM to the parent alone or to
+the whole process group (Kubernetes, systemd, a terminal) stops every worker at its next safe point."""
 
 from __future__ import annotations
 
 import contextlib
 import signal
 import threading
-from typing import Any, Iterator
+from multiprocessing.context import BaseContext
+from typing import Any, Iterator, Protocol
 
 from reconciler.errors import ReconcilerError
 
-_requested = threading.Event()
+
+class _Flag(Protocol):
+    def is_set(self) -> bool: ...
+    def set(self) -> None: ...
+    def clear(self) -> None: ...
+
+
+class _SharedFlag:
+    """A flag in shared memory. Not a multiprocessing.Event: setting one takes a lock, and a signal handler
+    that interrupts is_set() in the same thread would wait for that lock forever."""
+
+    def __init__(self, ctx: BaseContext) -> None:
+        self._value = ctx.RawValue("b", 0)
+
+    def is_set(self) -> bool:
+        return bool(self._value.value)
+
+    def set(self) -> None:
+        self._value.value = 1
+
+    def clear(self) -> None:
+        self._value.value = 0
+
+
+_requested: _Flag = threading.Event()
 EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process it terminated
 
 
@@ -43,3 +71,32 @@ def on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def shared(ctx: BaseContext) -> Iterator[_Flag]:
+    """Within: the stop request is an event worker processes can share (pass it to `in_worker`)."""
+    global _requested
+    local, event = _requested, _SharedFlag(ctx)
+    if local.is_set():
+        event.set()
+    _requested = event
+    try:
+        yield event
+    finally:
+        if event.is_set():
+            local.set()
+        _requested = local
+
+
+def in_worker(event: _Flag) -> None:
+    """A worker process's initializer: share the parent's stop request, and turn a SIGTERM of the worker's own
+    (sent to the process group) into that request, so the worker stops at its next safe point."""
+    global _requested
+    _requested = event
+
+    def handler(signum: int, frame: Any) -> None:
+        event.set()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM is not polite any more
+
+    signal.signal(signal.SIGTERM, handler)

@@ -179,6 +179,43 @@ def test_sigterm_starts_no_further_range():
     assert done == [1]
 
 
+
+@pytest.mark.parametrize("to", ["the process group", "the parent alone"])
+def test_sigterm_stops_the_workers_in_the_middle_of_their_ranges(to, pg_dsn, fs_client):
+    """Kubernetes and systemd signal the whole process group, `kill PID` the parent alone: either way each worker
+    stops at its next safe point (its message names the entity, not the parent's "key ranges"), and the run exits
+    143 without a traceback, long before the ranges were done."""
+    import subprocess
+    import sys
+
+    people = customers.generate(3000, seed=3)  # ~1,500 root documents per worker: checks at every 1,000
+    with psycopg.connect(pg_dsn) as conn:
+        customers.load(conn, fs_client, people)
+    root = Path(__file__).parents[1]
+    env = {**os.environ, "RECONCILER_PG_DSN": pg_dsn, "RECONCILER_RULES_DIR": str(root / "rules")}
+    cmd = [sys.executable, "-m", "reconciler.cli", "--entity", "customers", "--workers", "2", "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while _worker_connections(pg_dsn) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # both workers connected: their SIGTERM handlers are in place (installed before)
+    assert proc.poll() is None, proc.communicate()
+    if to == "the process group":
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, (out, err)
+    assert "stopped by SIGTERM while auditing customers" in err, err
+    assert "Traceback" not in err
+
+
+def _worker_connections(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                            "AND application_name = 'reconciler'").fetchone()[0] - 1  # the parent's own
+
+
 def test_sampled_split_points_for_text_keys(widgets, fs_client):
     """Non-UUID keys: split points sampled from Postgres, and workers equal one run, numeric IDs included."""
     settings = widgets
