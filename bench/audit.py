@@ -8,10 +8,13 @@ then runs each phase in its own process (so each has its own peak memory), with 
   a  stream the Firestore side alone (root documents and subcollections, decoded, not mapped)
   b  stream the Postgres side alone (root rows with their embeds, and the child tables)
   c  the full audit (read, map, diff both sides)
-  d  the baseline a user would otherwise write: load both sides into memory, mapped, and DeepDiff them
-     (on the first --baseline-customers customers: it is far too slow for the whole set; its rate is
-     compared to c's)
-and prints records/s, the peak RSS of each phase (all its processes) and the ratios c/max(a,b) and d/c.
+  d  the baseline a user would otherwise write: load both sides into memory and DeepDiff them. It is a
+     generous baseline: it reads with our own key-ordered streams and maps with our own rules, so only the
+     in-memory load and DeepDiff differ from c. It covers the whole dataset unless --baseline-customers N
+     (a quick look only: a prefix still costs the emulator whole pages and per-query sorts of the full
+     collection groups, which makes d look slower per record than it is)
+and prints records/s, the peak RSS of each phase (all its processes) and the ratios c/max(a,b) and d/c,
+d/c both in elapsed time and in our own CPU per record (the part of the work that is ours).
 
 Datasets are reused: set BENCH_PG_DSN (an admin DSN) and FIRESTORE_EMULATOR_HOST to servers that stay up
 (`python -m reconciler.sandbox`), and a second run with the same --customers skips the load. Without
@@ -37,6 +40,7 @@ from google.cloud import firestore
 
 from demo import customers
 from reconciler import sandbox
+from reconciler.keys import Scope
 
 SEED = 0
 CHUNK = 2000  # customers generated and loaded at a time: memory stays flat while loading 100k
@@ -168,7 +172,7 @@ def _baseline(settings: Any, rules: Any, limit: int, t0: float) -> dict[str, Any
     from reconciler.sources import postgres as pg_source
 
     sides = engine.open_sides(settings, rules.tables())
-    scope = engine.limit_scope(rules, sides, limit)
+    scope = engine.limit_scope(rules, sides, limit) if limit else Scope()
     pg_all: dict[str, Any] = {}
     fs_all: dict[str, Any] = {}
     pg_source.begin_snapshot(sides.pg)
@@ -240,7 +244,8 @@ def main(argv: list[str] | None = None) -> None:
                                  formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--customers", type=int, default=10_000)
     ap.add_argument("--workers", type=int, default=1, help="processes (key ranges) for phases a, b and c")
-    ap.add_argument("--baseline-customers", type=int, default=1000, help="customers the baseline d covers")
+    ap.add_argument("--baseline-customers", type=int, default=0,
+                    help="customers the baseline d covers [default: 0 = all of them]")
     ap.add_argument("--phases", default="abcd")
     ap.add_argument("--load-only", action="store_true", help="load the dataset (if needed) and stop")
     ap.add_argument("--phase", help=argparse.SUPPRESS)  # internal: run one phase, print its JSON
@@ -273,7 +278,10 @@ def main(argv: list[str] | None = None) -> None:
         if {"c", "d"} <= set(results):
             rate_c = results["c"][0]["records"] / results["c"][0]["seconds"]
             rate_d = results["d"][0]["records"] / results["d"][0]["seconds"]
-            print(f"  d/c = {rate_c / rate_d:.1f}   (time per record; target >= 50)")
+            print(f"  d/c = {rate_c / rate_d:.1f}   (elapsed time per record; target >= 50)")
+            cpu_c, cpu_d = (results[p][0]["cpu_s"] / results[p][0]["records"] for p in "cd")
+            print(f"  d/c = {cpu_d / cpu_c:.1f}   (our CPU per record: {cpu_d * 1e3:.2f} ms against {cpu_c * 1e3:.2f} ms)")
+            print(f"  peak RSS d/c = {results['d'][1] / results['c'][1]:.1f}   (d holds both sides in memory)")
 
 
 if __name__ == "__main__":

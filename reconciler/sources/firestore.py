@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterator, Literal, NamedTuple
 from google.api_core import exceptions as gexc
 from google.api_core import retry
 from google.cloud import firestore
+from google.cloud.firestore_v1 import _helpers as fs_helpers
+from google.cloud.firestore_v1.base_document import DocumentSnapshot
 from google.cloud.firestore_v1.base_query import FieldFilter
 from google.protobuf.timestamp_pb2 import Timestamp
 from proto.datetime_helpers import DatetimeWithNanoseconds
@@ -38,6 +40,13 @@ TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServer
 class FsDoc(NamedTuple):
     fields: dict[str, Any]
     update_time: Any  # the server's update time (DatetimeWithNanoseconds): the version repair checks against
+
+
+class _Hit(NamedTuple):
+    """One document of a query's results, as `FirestoreReader._paged` decodes it."""
+
+    path: str  # relative to the database: customers/ID[/activities/ID]
+    doc: FsDoc
 
 
 @dataclass(frozen=True)
@@ -140,10 +149,11 @@ class FirestoreReader:
                 q = q.where(filter=FieldFilter("__name__", "<", coll.document(scope.end)))
             return q
 
-        for snap in self._paged(query):
-            if scope.past_upper(snap.id):
+        for hit in self._paged(query):
+            doc_id = hit.path.rpartition("/")[2]
+            if scope.past_upper(doc_id):
                 return
-            yield (snap.id,), _doc(snap)
+            yield (doc_id,), hit.doc
 
     def _children(self, root: str, name: str, scope: Scope) -> Iterator[tuple[Key, FsDoc]]:
         # Start at the lowest possible path under `root` (numeric IDs sort first, int64 at the least) and stop
@@ -159,15 +169,15 @@ class FirestoreReader:
                 q = q.where(filter=FieldFilter("__name__", "<", end))
             return q.order_by("__name__")
 
-        for snap in self._paged(query):
-            parts = snap.reference.path.split("/")
+        for hit in self._paged(query):
+            parts = hit.path.split("/")
             if parts[0] != root:
                 return
             if len(parts) != 4:
                 continue  # a same-named collection deeper down, under another subcollection
             if scope.past_upper(parts[1]):
                 return
-            yield (parts[1], parts[3]), _doc(snap)
+            yield (parts[1], parts[3]), hit.doc
 
     def _root_by_ids(self, collection: str, scope: Scope) -> Iterator[tuple[Key, FsDoc]]:
         refs = [self.client.collection(collection).document(i) for i in scope.sorted_ids()]
@@ -189,21 +199,22 @@ class FirestoreReader:
         query = self.client.collection(collection).order_by("__name__").limit(n)
         return [(s.id, s.to_dict() or {}) for s in self.call(lambda: list(query.stream(timeout=self.timeout)))]
 
-    def _paged(self, make_query: Callable[[], Any]) -> Iterator[Any]:
+    def _paged(self, make_query: Callable[[], Any]) -> Iterator[_Hit]:
         """Every document of the query, in pages of page_size, resuming after the last one on transient errors."""
-        last = None
+        last: _Hit | None = None
         while True:
             got = 0
             attempt = 0
             while True:
                 query = make_query().limit(self.page_size)
-                if last is not None:
-                    query = query.start_after(last)
+                if last is not None:  # the cursor needs only the reference: the query is ordered by __name__ alone
+                    query = query.start_after(DocumentSnapshot(self.client.document(last.path), {}, exists=True,
+                                                               read_time=None, create_time=None, update_time=None))
                 try:
-                    for snap in query.stream(retry=NO_RETRY, timeout=self.timeout, read_time=self.at()):
+                    for hit in self._results(query):
                         got += 1
-                        last = snap
-                        yield snap
+                        last = hit
+                        yield hit
                     break
                 except TRANSIENT as exc:
                     attempt += 1
@@ -214,6 +225,20 @@ class FirestoreReader:
                     raise RuntimeFailure(f"firestore: {_one_line(exc)}") from None
             if got < self.page_size:
                 return
+
+    def _results(self, query: Any) -> Iterator[_Hit]:
+        """The query's documents decoded straight from the RunQuery responses. Query.stream() would wrap each
+        in a DocumentSnapshot, whose constructor deep-copies the decoded fields: 40% of our read CPU (profiled).
+        The request is the client's own (Query._get_stream_iterator), so filters, cursors and read_time mean
+        exactly what they mean for stream()."""
+        responses, _ = query._get_stream_iterator(None, NO_RETRY, self.timeout, None, self.at())
+        root = len(self.client._database_string) + len("/documents/")
+        for response in responses:
+            pb = response._pb
+            if pb.HasField("document"):
+                d = pb.document
+                yield _Hit(d.name[root:], FsDoc(fs_helpers.decode_dict(d.fields, self.client),
+                                                DatetimeWithNanoseconds.from_timestamp_pb(d.update_time)))
 
     def _wait(self, attempt: int, exc: BaseException) -> None:
         """Back off before retry `attempt`, saying so: a night of retries should not look like a hang."""
