@@ -135,8 +135,18 @@ class Planner:
     workers: int = 1
     shard: Shard | None = None
     since: dt.datetime | None = None
+    skip_unchanged: bool = False  # --all: leave out (with a warning) an entity whose rules have no `changed:`
+
+    def skips(self, rules: EntityRules) -> str | None:
+        """Why this run leaves the entity out: --all --changed-since cannot see what changed in it. Named on its
+        own (--entity), the entity is a rules error instead: the user asked for what cannot be done."""
+        if self.since is None or rules.changed is not None or not self.skip_unchanged:
+            return None
+        return f"{rules.file}: {no_changed(rules)}; only full sweeps audit it"
 
     def scope(self, rules: EntityRules, sides: Sides, scope: Scope) -> Scope:
+        if self.skips(rules):
+            return scope
         if self.since is not None:
             scope = changed_scope(rules, sides, self.since, self.settings)
         if self.shard is not None:
@@ -147,8 +157,12 @@ class Planner:
     def audit(self, rules: EntityRules, sides: Sides, settings: Settings, scope: Scope, progress: engine.Progress,
               repair: Options | None, run_id: str) -> EntityResult:
         started = time.monotonic()
-        parts = key_ranges(rules, sides, self.workers, scope) if scope.ids is None else [scope]
-        if scope.ids == ():
+        skipped = self.skips(rules)
+        parts = key_ranges(rules, sides, self.workers, scope) if scope.ids is None and not skipped else [scope]
+        if skipped:
+            log.warning("%s: skipped: %s", rules.entity, skipped, extra={"entity": rules.entity})
+            result = replace(_empty(rules), skipped=skipped)
+        elif scope.ids == ():
             result = _empty(rules)
         elif len(parts) == 1:
             result = engine.audit_entity(rules, sides, settings, scope, progress, repair, run_id)
@@ -333,4 +347,5 @@ def _merge_entity(parts: list[dict[str, Any]], wheres: list[str]) -> dict[str, A
         "error": "; ".join(errors) or None, "duration_s": max(e["duration_s"] for e in parts),
         "findings": kept, "findings_truncated": drifted > len(kept),
         "sweep": {**sweep, "start": None, "end": None, "shard": None},
+        **({"skipped": parts[0]["skipped"]} if parts[0].get("skipped") else {}),
     }
