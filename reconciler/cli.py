@@ -116,6 +116,9 @@ def _summary(result: RunResult) -> str:
         if e.error:
             lines.append(f"{e.entity}: FAILED: {e.error}")
             continue
+        if e.skipped:
+            lines.append(f"{e.entity}: skipped: {e.skipped}")
+            continue
         lines.append(f"{e.entity}: {c.postgres:,} in Postgres, {c.firestore:,} in Firestore, {c.matched:,} matched, "
                      f"{c.mismatched:,} mismatched, {c.missing_in_firestore:,} missing in Firestore, "
                      f"{c.missing_in_postgres:,} missing in Postgres"
@@ -208,7 +211,7 @@ def _split_ids(values: tuple[str, ...]) -> tuple[str, ...] | None:
                    "RECONCILER_SHARD_COUNT. Combine the shards' reports with `reconcile merge-reports`.")
 @click.option("--changed-since", metavar="DURATION|TIMESTAMP",
               help="Only root records updated (on either side) after this: 2h, 30m, 7d or 2026-11-23T00:00:00Z. "
-                   "Needs `changed:` in the entity's rules.")
+                   "Needs `changed:` in the entity's rules; --all skips (with a warning) entities without it.")
 @click.option("--resume", metavar="RUN_ID",
               help="Continue the audit run RUN_ID from its checkpoints (audit.checkpoint_every) instead of "
                    "starting over; give the same entities.")
@@ -285,7 +288,7 @@ def _repair_flags_alone(ctx: click.Context) -> list[str]:
 
 
 def _planner(settings: Settings, sweep: tuple[int, str | None, str | None], limit: int | None,
-             ids: tuple[str, ...], repair: RepairOptions | None) -> parallel.Planner | None:
+             ids: tuple[str, ...], repair: RepairOptions | None, all_entities: bool) -> parallel.Planner | None:
     workers, shard, changed_since = sweep
     if workers == 1 and shard is None and changed_since is None:
         return None
@@ -296,7 +299,8 @@ def _planner(settings: Settings, sweep: tuple[int, str | None, str | None], limi
     if workers > 1 and repair is not None:
         raise UsageError("--repair runs with one worker: drop --workers (or audit with --workers, then repair)")
     return parallel.Planner(settings, workers=workers, shard=parallel.Shard.parse(shard) if shard else None,
-                            since=parallel.parse_since(changed_since) if changed_since else None)
+                            since=parallel.parse_since(changed_since) if changed_since else None,
+                            skip_unchanged=all_entities)
 
 
 def _audit(ctx: click.Context, entities: tuple[str, ...], all_entities: bool, report_dir: Path | None,
@@ -315,7 +319,7 @@ def _audit(ctx: click.Context, entities: tuple[str, ...], all_entities: bool, re
     names = list(entities)
     if all_entities:
         names += settings.entities or sorted(p.stem for p in settings.rules_dir.glob("*.yaml"))
-    planner = _planner(settings, sweep, limit, ids, repair)
+    planner = _planner(settings, sweep, limit, ids, repair, all_entities)
     show = _Progress(sys.stderr.isatty() if progress is None else progress)
     with stop.on_sigterm():
         result = engine.run_audit(settings, names, ids=_split_ids(ids), limit=limit, progress=show, repair=repair,

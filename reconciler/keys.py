@@ -9,7 +9,7 @@ order as UTF-8 bytes, so only the numeric IDs need special handling. A record ke
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Iterator, TypeVar
 
 from reconciler.errors import KeyOrderError
@@ -91,6 +91,9 @@ class Scope:
     upper: str | None = None  # every root ID up to and including this one, in key order (--limit)
     start: str | None = None  # root IDs from this one on (inclusive); None: from the first
     end: str | None = None  # root IDs before this one (exclusive); None: to the last
+    # exactly these (parent ID, ID) records of a document kind with a parent, `ids` holding their parents:
+    # --changed-since of an entity whose root collection is itself a subcollection (parents/{id}/children)
+    keys: tuple[Key, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.start is not None and self.end is not None and id_sort_key(self.start) >= id_sort_key(self.end):
@@ -122,7 +125,7 @@ def ranges(points: Iterable[str], within: Scope = Scope()) -> list[Scope]:
     `within` exactly once. Points outside it or repeated are dropped."""
     inner = sorted({p for p in points if within.in_range(p) and p != within.start}, key=id_sort_key)
     bounds: list[str | None] = [within.start, *inner, within.end]
-    return [Scope(ids=within.ids, upper=within.upper, start=a, end=b) for a, b in zip(bounds, bounds[1:])]
+    return [replace(within, start=a, end=b) for a, b in zip(bounds, bounds[1:])]
 
 
 def uuid_split_points(n: int, within: Scope = Scope()) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import multiprocessing
 import os
 import re
@@ -24,7 +25,7 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 from reconciler import engine, stop
 from reconciler.config import Settings
 from reconciler.errors import RulesError, RuntimeFailure, UsageError
-from reconciler.keys import Scope, id_sort_key, ranges, uuid_split_points
+from reconciler.keys import Scope, ranges, sort_key, uuid_split_points
 from reconciler.repair import Options
 from reconciler.result import Counts, EntityResult, Finding, Sweep
 from reconciler.rules import EntityRules
@@ -33,6 +34,7 @@ from reconciler.sources import firestore as fs_source
 from reconciler.sources import postgres as pg_source
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 COUNT_FIELDS = tuple(f.name for f in dataclasses.fields(Counts))  # in_flight too: every count adds up across ranges
 
 
@@ -89,16 +91,23 @@ def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime:
 
 
 def changed_scope(rules: EntityRules, sides: Sides, since: dt.datetime, settings: Settings) -> Scope:
-    """The root records whose update time is after `since` on either side."""
+    """The root records whose update time is after `since` on either side: their IDs, or for a root collection
+    that is itself a subcollection their (parent ID, ID) keys (and their parents' IDs)."""
     if rules.changed is None:
-        raise RulesError(f"--changed-since needs `changed: {{column: ..., field: ...}}` in the rules of "
-                         f"{rules.entity!r}: where each side keeps a record's last update time", file=rules.file)
+        raise RulesError(no_changed(rules), file=rules.file)
     root = rules.root
-    pg_keys = pg_source.changed_keys(sides.pg, root.table, root.key, rules.changed.column, since)
+    pg_keys = pg_source.changed_keys(sides.pg, root, rules.changed.column, since)
     sides.pg.rollback()
     reader = fs_source.FirestoreReader(sides.fs, timeout=settings.firestore.timeout_s)
-    fs_keys = reader.changed_ids(root.collection, rules.changed.field, since)
-    return Scope(ids=tuple(sorted(set(pg_keys) | set(fs_keys), key=id_sort_key)))
+    fs_keys = reader.changed_keys(root.collection, rules.changed.field, since, root.parent_collection)
+    keys = sorted(set(pg_keys) | set(fs_keys), key=sort_key)
+    ids = tuple(dict.fromkeys(k[0] for k in keys))
+    return Scope(ids=ids) if root.parent is None else Scope(ids=ids, keys=tuple(keys))
+
+
+def no_changed(rules: EntityRules) -> str:
+    return (f"--changed-since needs `changed: {{column: ..., field: ...}}` in the rules of {rules.entity!r}: "
+            "where each side keeps a record's last update time")
 
 
 # ---------------------------------------------------------------- ranges
@@ -126,8 +135,18 @@ class Planner:
     workers: int = 1
     shard: Shard | None = None
     since: dt.datetime | None = None
+    skip_unchanged: bool = False  # --all: leave out (with a warning) an entity whose rules have no `changed:`
+
+    def skips(self, rules: EntityRules) -> str | None:
+        """Why this run leaves the entity out: --all --changed-since cannot see what changed in it. Named on its
+        own (--entity), the entity is a rules error instead: the user asked for what cannot be done."""
+        if self.since is None or rules.changed is not None or not self.skip_unchanged:
+            return None
+        return f"{rules.file}: {no_changed(rules)}; only full sweeps audit it"
 
     def scope(self, rules: EntityRules, sides: Sides, scope: Scope) -> Scope:
+        if self.skips(rules):
+            return scope
         if self.since is not None:
             scope = changed_scope(rules, sides, self.since, self.settings)
         if self.shard is not None:
@@ -138,8 +157,12 @@ class Planner:
     def audit(self, rules: EntityRules, sides: Sides, settings: Settings, scope: Scope, progress: engine.Progress,
               repair: Options | None, run_id: str) -> EntityResult:
         started = time.monotonic()
-        parts = key_ranges(rules, sides, self.workers, scope) if scope.ids is None else [scope]
-        if scope.ids == ():
+        skipped = self.skips(rules)
+        parts = key_ranges(rules, sides, self.workers, scope) if scope.ids is None and not skipped else [scope]
+        if skipped:
+            log.warning("%s: skipped: %s", rules.entity, skipped, extra={"entity": rules.entity})
+            result = replace(_empty(rules), skipped=skipped)
+        elif scope.ids == ():
             result = _empty(rules)
         elif len(parts) == 1:
             result = engine.audit_entity(rules, sides, settings, scope, progress, repair, run_id)
@@ -326,4 +349,5 @@ def _merge_entity(parts: list[dict[str, Any]], wheres: list[str]) -> dict[str, A
         "error": "; ".join(errors) or None, "duration_s": max(e["duration_s"] for e in parts),
         "findings": kept, "findings_truncated": drifted > len(kept),
         "sweep": {**sweep, "start": None, "end": None, "shard": None},
+        **({"skipped": parts[0]["skipped"]} if parts[0].get("skipped") else {}),
     }

@@ -83,6 +83,7 @@ def _entity_dict(e: EntityResult) -> dict[str, Any]:
         "findings_truncated": e.findings_truncated,
         **({"repair": _summary_dict(e.repair)} if e.repair is not None else {}),
         **({"sweep": _sweep_dict(e.sweep)} if e.sweep is not None else {}),
+        **({"skipped": e.skipped} if e.skipped else {}),
     }
 
 
@@ -215,6 +216,7 @@ def _entity_view(e: dict[str, Any], anchors: set[str]) -> dict[str, Any]:
         "total": total,
         "drift_pct": _pct(drifted, total),
         "error": e.get("error") or None,
+        "skipped": e.get("skipped") or None,
         "duration": _duration(e.get("duration_s")),
         "fields": [{"path": p, "count": c} for p, c in fields],
         "findings": findings,

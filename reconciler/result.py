@@ -116,6 +116,7 @@ class EntityResult:
     error: str | None = None  # set when this entity failed; counts are then partial
     repair: RepairSummary | None = None  # set in repair mode
     sweep: Sweep | None = None  # set when the run covered a key range, a shard or changed records only
+    skipped: str | None = None  # why the run left this entity out (--all --changed-since, rules without `changed:`)
 
     @property
     def has_drift(self) -> bool:

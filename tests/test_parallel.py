@@ -334,3 +334,5 @@ def test_a_shard_of_changed_records_is_a_range_of_them():
     assert len(parts) == 4 and all(p.ids == ids for p in parts)
     assert [len(p.sorted_ids()) for p in parts] == [4, 4, 4, 4]
     assert sorted(i for p in parts for i in p.sorted_ids()) == sorted(ids)
+    keys = tuple((i, "pref") for i in ids)  # a root collection that is a subcollection: its records' keys ride along
+    assert all(p.keys == keys for p in ranges(uuid_split_points(4), Scope(ids=ids, keys=keys)))

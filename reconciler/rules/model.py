@@ -121,7 +121,7 @@ class Changed:
     """Where each side keeps a root record's last update time (for --changed-since)."""
 
     column: str  # a timestamp column of the root table
-    field: str  # a Timestamp field of the root document
+    field: str  # a field of the root document: a Timestamp, or an ISO 8601 string (as webhooks write times)
 
 
 @dataclass(frozen=True)

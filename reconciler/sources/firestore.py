@@ -27,7 +27,7 @@ from proto.datetime_helpers import DatetimeWithNanoseconds
 
 from reconciler import backoff
 from reconciler.errors import RuntimeFailure
-from reconciler.keys import Key, Scope
+from reconciler.keys import Key, Scope, sort_key
 from reconciler.rules.model import DocumentSpec
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ NO_RETRY = retry.Retry(predicate=lambda exc: False)
 MAX_READ_AGE_S = 3000.0  # Firestore keeps versions for 1 hour (7 days with point-in-time recovery): margin kept
 WriteOutcome = tuple[Literal["applied", "changed", "failed"], str]
 CHANGED = (gexc.FailedPrecondition, gexc.NotFound, gexc.AlreadyExists)  # a precondition did not hold
+TEXT_SLACK = dt.timedelta(hours=14)  # UTC offsets run from -12:00 to +14:00: a local time is at most this far off
 
 
 def connect(project: str | None, *, timeout: float = 10.0) -> firestore.Client:
@@ -94,6 +95,15 @@ def _fields(snap: Any) -> dict[str, Any]:
     the mapping only reads them, so take the decoded dict as it is when the client has one."""
     data = getattr(snap, "_data", None)
     return data if isinstance(data, dict) else (snap.to_dict() or {})
+
+
+def _after(value: Any, since: dt.datetime) -> bool:
+    """Whether an ISO 8601 text is an instant after `since` (without a zone: UTC; not a time: no)."""
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return False
+    return (when if when.tzinfo is not None else when.replace(tzinfo=dt.timezone.utc)) > since
 
 
 def _one_line(exc: BaseException) -> str:
@@ -128,15 +138,31 @@ class FirestoreReader:
                 yield from self._root_by_ids(doc.collection, scope)
             else:
                 yield from self._root(doc.collection, scope)
+        elif scope.keys is not None:
+            yield from self._children_by_keys(root_collection, doc.collection, scope)
         elif scope.ids is not None:
             yield from self._children_by_ids(root_collection, doc.collection, scope)
         else:
             yield from self._children(root_collection, doc.collection, scope)
 
-    def changed_ids(self, collection: str, field: str, since: Any) -> list[str]:
-        """The IDs of the documents whose `field` (an update timestamp) is after `since` (names only)."""
-        query = self.client.collection(collection).where(filter=FieldFilter(field, ">", since)).select([])
-        return [snap.id for snap in self.call(lambda: list(query.stream(timeout=self.timeout)))]
+    def changed_keys(self, collection: str, field: str, since: dt.datetime,
+                     parent_collection: str | None = None) -> list[Key]:
+        """The keys of the documents whose `field` (their update time) is after `since`, names only: (ID,) in a
+        root collection; (parent ID, ID) for `collection` under `parent_collection`/{id}/, by a collection-group
+        query (same-named collections elsewhere are dropped). The field may hold a Timestamp or, as webhooks
+        write it, an ISO 8601 string, which the server compares as text: that query reaches back as far as a
+        UTC offset can shift a local time, and each candidate's instant is compared here."""
+        base = (self.client.collection(collection) if parent_collection is None
+                else self.client.collection_group(collection))
+        stamps = base.where(filter=FieldFilter(field, ">", since)).select([])
+        floor = (since - TEXT_SLACK).astimezone(dt.timezone.utc).date().isoformat()  # "2026-11-22" < "2026-11-22T.."
+        texts = base.where(filter=FieldFilter(field, ">", floor)).select([field])
+        snaps = self.call(lambda: list(stamps.stream(timeout=self.timeout)))
+        snaps += [s for s in self.call(lambda: list(texts.stream(timeout=self.timeout))) if _after(s.get(field), since)]
+        if parent_collection is None:
+            return [(s.id,) for s in snaps]
+        paths = (s.reference.path.split("/") for s in snaps)
+        return [(p[1], p[3]) for p in paths if len(p) == 4 and p[0] == parent_collection]
 
     def _root(self, collection: str, scope: Scope) -> Iterator[tuple[Key, FsDoc]]:
         coll = self.client.collection(collection)
@@ -193,6 +219,17 @@ class FirestoreReader:
             for snap in self.call(lambda: list(query.stream(retry=NO_RETRY, timeout=self.timeout,
                                                             read_time=self.at()))):
                 yield (parent, snap.id), _doc(snap)
+
+    def _children_by_keys(self, root: str, name: str, scope: Scope) -> Iterator[tuple[Key, FsDoc]]:
+        assert scope.keys is not None
+        keys = sorted((k for k in set(scope.keys) if scope.in_range(k[0])), key=sort_key)
+        paths = [f"{root}/{parent}/{name}/{doc_id}" for parent, doc_id in keys]
+        refs = [self.client.document(p) for p in paths]
+        snaps = {s.reference.path: s for s in self.call(lambda: list(self.client.get_all(refs, read_time=self.at())))}
+        for key, path in zip(keys, paths):
+            snap = snaps.get(path)
+            if snap is not None and snap.exists:
+                yield key, _doc(snap)
 
     def sample(self, collection: str, n: int) -> list[tuple[str, dict[str, Any]]]:
         """The first n documents of a collection (ID, fields), in key order."""

@@ -151,12 +151,23 @@ def sample_split_points(conn: psycopg.Connection, table: str, key: str, udt: str
     return [p[0] for p in points if p is not None]
 
 
-def changed_keys(conn: psycopg.Connection, table: str, key: str, column: str, since: Any) -> list[str]:
-    """The keys of the rows whose `column` (an update timestamp) is after `since`."""
-    query = sql.SQL("SELECT {} FROM {} AS t WHERE t.{} > %s").format(_text(key), sql.Identifier(table),
-                                                                      sql.Identifier(column))
+def changed_keys(conn: psycopg.Connection, doc: DocumentSpec, column: str, since: Any) -> list[Key]:
+    """The keys of the document's rows whose `column` (an update timestamp) is after `since`: (ID,), or
+    (parent ID, ID) for a document kind with a parent (its ID read through `parent_references` when given)."""
+    key = _text(doc.key)
+    joins: sql.Composable = sql.SQL("")
+    if doc.parent is not None:
+        ref = doc.parent_references
+        parent = _text(doc.parent) if ref is None else _text(ref.column, "p")
+        if ref is not None:
+            joins = sql.SQL(" LEFT JOIN {} AS p ON p.{} = t.{}").format(
+                sql.Identifier(ref.table), sql.Identifier(ref.join), sql.Identifier(doc.parent))
+        key = sql.SQL("{}, {}").format(parent, key)
+    query = sql.SQL("SELECT {} FROM {} AS t{} WHERE t.{} > %s").format(key, sql.Identifier(doc.table), joins,
+                                                                       sql.Identifier(column))
     try:
-        return [r[0] for r in conn.execute(query, [since])]
+        # a row whose referenced parent is gone has no document path: nothing to audit it against
+        return [tuple(r) for r in conn.execute(query, [since]) if r[0] is not None]
     except psycopg.Error as exc:
         raise RuntimeFailure(f"postgres: {_one_line(exc)}") from None
 
@@ -252,10 +263,12 @@ class PostgresReader:
         assert doc.parent is not None
         query, params = self._select(doc.table, [(doc.parent, doc.parent_references), (doc.key, None)],
                                      doc.select_columns, _refs(doc.columns), scope)
+        wanted = None if scope.keys is None else set(scope.keys)  # `ids` (the parents) narrowed the query
         for row in self._cursor_rows(query, params):
             if scope.past_upper(row[0]):
                 return
-            yield (row[0], row[1]), (row[1:], ())
+            if wanted is None or (row[0], row[1]) in wanted:
+                yield (row[0], row[1]), (row[1:], ())
 
 
 def _refs(columns: tuple[Column, ...]) -> dict[str, Reference | None]:
