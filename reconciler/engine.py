@@ -262,7 +262,7 @@ def diff_streams(rules: EntityRules, doc: DocumentSpec, pg_records: Iterable[tup
             tally.drifts.append(Drift(doc, key, finding, pg, fs_doc, fs))
         if finding is not None and len(tally.pending) < reread_at_most:
             tally.pending.append((doc, key, finding))
-        if saver is not None and n % saver.every == 0:
+        if saver is not None and saver.every and n % saver.every == 0:  # 0: a resume under a config without it
             saver.store.save(rules.entity, doc.collection, key, tally.to_json())
         if n % 1000 == 0:
             progress(rules.entity, doc.collection, n, tally.drifted)
