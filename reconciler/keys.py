@@ -9,7 +9,7 @@ order as UTF-8 bytes, so only the numeric IDs need special handling. A record ke
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Iterator, TypeVar
 
 from reconciler.errors import KeyOrderError
@@ -108,6 +108,12 @@ class Scope:
     def in_range(self, root_id: str) -> bool:
         """Inside start/end/upper (whatever `ids` says)."""
         return not self.past_upper(root_id) and (self.start is None or id_sort_key(root_id) >= id_sort_key(self.start))
+
+    def from_id(self, root_id: str) -> Scope:
+        """This scope without the root IDs before `root_id` (which stays in: inclusive, like `start`)."""
+        if self.start is not None and id_sort_key(self.start) >= id_sort_key(root_id):
+            return self
+        return replace(self, start=root_id)
 
     def sorted_ids(self) -> list[str]:
         return sorted({i for i in self.ids or () if self.in_range(i)}, key=id_sort_key)
