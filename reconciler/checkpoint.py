@@ -4,9 +4,10 @@ instead of starting over.
 
 A checkpoint is the last key reconciled of the document kind being swept (earlier kinds of the entity are
 done) and the tally so far (counts, per-field counts, the findings listed, the records to re-read once
-settled). Resuming restores the tally and skips every key up to and including the last one, so no record is
-counted twice and none is skipped. The streams still start at the beginning (the skipped prefix is read,
-not compared); key ranges pushed down into the queries would save that read.
+settled). Resuming restores the tally and reads no kind that was done; both sides' queries of the kind being
+swept start at the last key's root ID (a key range, inclusive: a subdocument's key is (parent ID, child ID),
+and that parent's later children are not done yet), and the few keys read again up to and including the last
+one are skipped, so no record is counted twice and none is skipped. The kinds after it are read whole.
 
 Written every `audit.checkpoint_every` records on a connection of its own (the audit's is read-only), so
 checkpoints need INSERT/UPDATE on the table (and CREATE on the schema for the first run): off by default.

@@ -228,14 +228,20 @@ class _Saver:
 def _audit_documents(rules: EntityRules, doc: DocumentSpec, pg_reader: pg_source.PostgresReader,
                      fs_reader: fs_source.FirestoreReader, scope: Scope, tally: Tally, progress: Progress,
                      saver: _Saver | None = None, after: Key | None = None) -> None:
-    """Sweep one document kind: each side read and mapped ahead on a thread of its own, then diff_streams."""
+    """Sweep one document kind: each side read and mapped ahead on a thread of its own, then diff_streams.
+    `after` (a checkpoint's last key): both sides start at its root ID, inclusive (that root's subdocuments
+    after it are not done yet); diff_streams skips the few done keys still read. A root ID Firestore would
+    refuse as a range bound (a Postgres-only key such as "a/b") cannot start a query: then both start at the
+    beginning, and diff_streams skips the whole done part."""
+    if after and fs_source.is_document_id(after[0]):
+        scope = scope.from_id(after[0])
     pg_map = PostgresMapper(doc, rules.compare)
     fs_map = FirestoreMapper(doc, rules.compare)
     pg_records = ((k, pg_map.record(*raw)) for k, raw in pg_reader.stream(doc, scope))
     # the raw document rides along: repair keeps it (and its update time) for drifted records only
     fs_records = ((k, (fs_map.record(d.fields), d)) for k, d in fs_reader.stream(doc, scope, rules.top_collection))
-    diff_streams(rules, doc, prefetch(pg_records, name="postgres"), prefetch(fs_records, name="firestore"), tally,
-                 progress, saver, after)
+    diff_streams(rules, doc, prefetch(pg_records, name=f"postgres {doc.collection}"),
+                 prefetch(fs_records, name=f"firestore {doc.collection}"), tally, progress, saver, after)
 
 
 def diff_streams(rules: EntityRules, doc: DocumentSpec, pg_records: Iterable[tuple[Key, Any]],
@@ -262,7 +268,7 @@ def diff_streams(rules: EntityRules, doc: DocumentSpec, pg_records: Iterable[tup
             tally.drifts.append(Drift(doc, key, finding, pg, fs_doc, fs))
         if finding is not None and len(tally.pending) < reread_at_most:
             tally.pending.append((doc, key, finding))
-        if saver is not None and n % saver.every == 0:
+        if saver is not None and saver.every and n % saver.every == 0:  # 0: a resume under a config without it
             saver.store.save(rules.entity, doc.collection, key, tally.to_json())
         if n % 1000 == 0:
             progress(rules.entity, doc.collection, n, tally.drifted)

@@ -112,6 +112,12 @@ class Scope:
         """Inside start/end/upper (whatever `ids` says)."""
         return not self.past_upper(root_id) and (self.start is None or id_sort_key(root_id) >= id_sort_key(self.start))
 
+    def from_id(self, root_id: str) -> Scope:
+        """This scope without the root IDs before `root_id` (which stays in: inclusive, like `start`)."""
+        if self.start is not None and id_sort_key(self.start) >= id_sort_key(root_id):
+            return self
+        return replace(self, start=root_id)
+
     def sorted_ids(self) -> list[str]:
         return sorted({i for i in self.ids or () if self.in_range(i)}, key=id_sort_key)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal, NamedTuple
@@ -67,6 +68,21 @@ MAX_READ_AGE_S = 3000.0  # Firestore keeps versions for 1 hour (7 days with poin
 WriteOutcome = tuple[Literal["applied", "changed", "failed"], str]
 CHANGED = (gexc.FailedPrecondition, gexc.NotFound, gexc.AlreadyExists)  # a precondition did not hold
 TEXT_SLACK = dt.timedelta(hours=14)  # UTC offsets run from -12:00 to +14:00: a local time is at most this far off
+
+
+_RESERVED_ID = re.compile(r"__.*__", re.DOTALL)
+_NUMERIC_ID = re.compile(r"__id(-?[1-9][0-9]*|0)__")
+
+
+def is_document_id(doc_id: str) -> bool:
+    """Whether Firestore takes this as a document ID, so as the bound of a key range (a Postgres-only key
+    may be none: it is refused with an error). Numeric IDs must be int64, written without leading zeros."""
+    if doc_id in ("", ".", "..") or "/" in doc_id or len(doc_id.encode()) > 1500:
+        return False
+    if not _RESERVED_ID.fullmatch(doc_id):
+        return True
+    m = _NUMERIC_ID.fullmatch(doc_id)
+    return m is not None and -(2**63) <= int(m.group(1)) < 2**63
 
 
 def connect(project: str | None, *, timeout: float = 10.0) -> firestore.Client:
