@@ -40,6 +40,7 @@ class Document:
     kind: FindingKind | None  # None: in sync
     fields: tuple[FieldDiff, ...]
     first_seen: FirstSeen | None = None
+    unwritable: str | None = None  # why Firestore can never have it: its key is no document ID
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def _documents(rules: EntityRules, spec: DocumentSpec, sides: Any, doc_id: str, 
             fields = diff_records(shape, canonical_pg, canonical_fs, rules.compare)
             kind = FindingKind.MISMATCH if fields else None
         yield Document(settle.document_path(rules, spec, key), _rows_for(spec, rows, key), canonical_pg,
-                       fs.get(key), canonical_fs, kind, fields)
+                       fs.get(key), canonical_fs, kind, fields, unwritable=fs_source.key_problem(key))
 
 
 def _raw_rows(sides: Any, spec: DocumentSpec, doc_id: str) -> dict[str, list[dict[str, Any]]]:
@@ -136,7 +137,8 @@ def render(x: Explanation) -> str:
         verdict = f"in sync ({len(docs)} {'document' if len(docs) == 1 else 'documents'})"
     out = [f"{x.entity} {x.doc_id} (source of truth: {x.source_of_truth}): {verdict}", f"history: {x.history_note}"]
     for d in docs:
-        out += ["", f"== {d.path}: {_kind(d.kind)}", f"   {_history_line(d.first_seen)}"]
+        out += ["", f"== {d.path}: {_kind(d.kind)}"] + ([f"   the key {d.unwritable}"] if d.unwritable else [])
+        out.append(f"   {_history_line(d.first_seen)}")
         out += _postgres_rows(d)
         out.append("-- Firestore document (raw)")
         out += ([f"  {p}: {v}" for p, v in _flat(d.firestore_raw, _raw, sort=True)] if d.firestore_raw is not None

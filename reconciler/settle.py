@@ -101,13 +101,17 @@ def _mark_in_flight(rules: EntityRules, sides: Sides, settings: Settings,
              if out[(doc.collection, key)].finding is not None]
     if not still:
         return
-    paths = [document_path(rules, doc, key) for doc, key in still]
-    latest = fs_source.FirestoreWriter(sides.fs).read(paths)
+    # a key that is no document ID (key_problem) has no document: its path is not asked for (nor looked up:
+    # "a/parts/b" as a root ID would be the path of another document)
+    paths = {(doc.collection, key): document_path(rules, doc, key) for doc, key in still
+             if fs_source.key_problem(key) is None}
+    latest = fs_source.FirestoreWriter(sides.fs).read(list(paths.values()))
     recent = instant - dt.timedelta(seconds=settings.recent_s)
-    for (doc, key), path in zip(still, paths):
+    for doc, key in still:
         r = out[(doc.collection, key)]
         seen = r.firestore_doc.update_time if r.firestore_doc is not None else None
-        now = latest[path].update_time if latest[path] is not None else None
+        current = latest[paths[(doc.collection, key)]] if (doc.collection, key) in paths else None
+        now = current.update_time if current is not None else None
         if now != seen or (seen is not None and settings.recent_s > 0 and _utc(seen) > recent):
             out[(doc.collection, key)] = Reread(r.finding, r.postgres, r.firestore_doc, r.firestore, in_flight=True)
 

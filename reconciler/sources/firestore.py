@@ -74,15 +74,37 @@ _RESERVED_ID = re.compile(r"__.*__", re.DOTALL)
 _NUMERIC_ID = re.compile(r"__id(-?[1-9][0-9]*|0)__")
 
 
+def id_problem(doc_id: str) -> str | None:
+    """Why Firestore would refuse this as a document ID (so as the bound of a key range too), or None when it
+    takes it. Numeric IDs must be int64, written without leading zeros. A Postgres-only key may be no ID: its
+    record can never exist in Firestore."""
+    if doc_id == "":
+        return "is empty"
+    if doc_id in (".", ".."):
+        return "is '.' or '..'"
+    if "/" in doc_id:
+        return "contains '/'"
+    if len(doc_id.encode()) > 1500:
+        return "is longer than 1,500 bytes"
+    if _RESERVED_ID.fullmatch(doc_id):
+        m = _NUMERIC_ID.fullmatch(doc_id)
+        if m is None or len(m.group(1)) > 20 or not -(2**63) <= int(m.group(1)) < 2**63:  # over "-" + 19 digits: no int64
+            return "is reserved (__.*__, other than __id<int64>__)"
+    return None
+
+
 def is_document_id(doc_id: str) -> bool:
-    """Whether Firestore takes this as a document ID, so as the bound of a key range (a Postgres-only key
-    may be none: it is refused with an error). Numeric IDs must be int64, written without leading zeros."""
-    if doc_id in ("", ".", "..") or "/" in doc_id or len(doc_id.encode()) > 1500:
-        return False
-    if not _RESERVED_ID.fullmatch(doc_id):
-        return True
-    m = _NUMERIC_ID.fullmatch(doc_id)
-    return m is not None and -(2**63) <= int(m.group(1)) < 2**63
+    return id_problem(doc_id) is None
+
+
+def key_problem(key: Key) -> str | None:
+    """Why no Firestore document can have this record key (an ID of it is no document ID), or None."""
+    for doc_id in key:
+        problem = id_problem(doc_id)
+        if problem is not None:
+            shown = doc_id if len(doc_id) <= 60 else doc_id[:57] + "..."
+            return f"cannot be a Firestore document ID: {shown!r} {problem}"
+    return None
 
 
 def connect(project: str | None, *, timeout: float = 10.0) -> firestore.Client:
@@ -221,16 +243,21 @@ class FirestoreReader:
                 return
             yield (parts[1], parts[3]), hit.doc
 
+    # By ID, an ID that is no document ID is not asked for: no document has it (and the client or the server
+    # would refuse the request, or "a/b/c" would name a document elsewhere).
+
     def _root_by_ids(self, collection: str, scope: Scope) -> Iterator[tuple[Key, FsDoc]]:
-        refs = [self.client.collection(collection).document(i) for i in scope.sorted_ids()]
-        snaps = {s.id: s for s in self.call(lambda: list(self.client.get_all(refs, read_time=self.at())))}
-        for i in scope.sorted_ids():
+        ids = [i for i in scope.sorted_ids() if is_document_id(i)]
+        refs = [self.client.collection(collection).document(i) for i in ids]
+        snaps = {s.id: s
+                 for s in self.call(lambda: list(self.client.get_all(refs, read_time=self.at())))} if refs else {}
+        for i in ids:
             snap = snaps.get(i)
             if snap is not None and snap.exists:
                 yield (i,), _doc(snap)
 
     def _children_by_ids(self, root: str, name: str, scope: Scope) -> Iterator[tuple[Key, FsDoc]]:
-        for parent in scope.sorted_ids():
+        for parent in filter(is_document_id, scope.sorted_ids()):
             query = self.client.collection(root).document(parent).collection(name).order_by("__name__")
             for snap in self.call(lambda: list(query.stream(retry=NO_RETRY, timeout=self.timeout,
                                                             read_time=self.at()))):
@@ -238,10 +265,11 @@ class FirestoreReader:
 
     def _children_by_keys(self, root: str, name: str, scope: Scope) -> Iterator[tuple[Key, FsDoc]]:
         assert scope.keys is not None
-        keys = sorted((k for k in set(scope.keys) if scope.in_range(k[0])), key=sort_key)
+        keys = sorted((k for k in set(scope.keys) if scope.in_range(k[0]) and key_problem(k) is None), key=sort_key)
         paths = [f"{root}/{parent}/{name}/{doc_id}" for parent, doc_id in keys]
         refs = [self.client.document(p) for p in paths]
-        snaps = {s.reference.path: s for s in self.call(lambda: list(self.client.get_all(refs, read_time=self.at())))}
+        snaps = {s.reference.path: s
+                 for s in self.call(lambda: list(self.client.get_all(refs, read_time=self.at())))} if refs else {}
         for key, path in zip(keys, paths):
             snap = snaps.get(path)
             if snap is not None and snap.exists:
@@ -323,7 +351,8 @@ class FirestoreWriter:
         self.reader = FirestoreReader(client, retries=retries)
 
     def read(self, paths: list[str]) -> dict[str, FsDoc | None]:
-        """The current version of each document (None: it does not exist)."""
+        """The current version of each document (None: it does not exist). A path made of a key that is no
+        document ID (key_problem) names no such document, or another one: leave it out, it is absent."""
         refs = [self.client.document(p) for p in paths]
         snaps = self.reader.call(lambda: list(self.client.get_all(refs))) if refs else []
         found = {s.reference.path: s for s in snaps}

@@ -1,0 +1,107 @@
+"""Postgres keys that cannot be Firestore document IDs ("a/b", "..", "__x__"...): real drift, never a crash.
+
+Such a record can never exist in Firestore: the audit reports it missing there (the re-read after the settle
+delay does not ask Firestore for it), --ids and explain say so, repair marks it failed with the reason, and key
+ranges never use such a key as a bound. Real Postgres, real emulator, the widgets entity (text keys).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from reconciler import engine, parallel
+from reconciler.cli import main
+from reconciler.keys import Scope, id_sort_key, order_text
+from reconciler.repair import LOG_TABLE, Options
+from reconciler.sources import firestore as fs_source
+from reconciler.sources import postgres as pg_source
+from test_key_order_integration import RULES_DIR
+from test_key_order_integration import widgets  # noqa: F401  (a fixture: text keys, numeric IDs)
+from test_repair_orders import orders_loaded  # noqa: F401  (a fixture: Firestore is the truth, text keys)
+
+BAD_ROOTS = ["a/b", "..", "__x__"]
+# (key, kind) of every finding, in report order: root documents in key order, then the parts
+EXPECTED = [
+    ("widgets/..", "missing_in_firestore"),
+    ("widgets/B", "mismatch"),
+    ("widgets/Z", "missing_in_firestore"),
+    ("widgets/__x__", "missing_in_firestore"),
+    ("widgets/a/b", "missing_in_firestore"),
+    ("widgets/a/parts/x/y", "missing_in_firestore"),  # a child key with a '/' under a parent Firestore has
+    ("widgets/a/b/parts/p", "missing_in_firestore"),  # a child under a parent ID with a '/'
+    ("widgets/é/parts/P", "mismatch"),
+]
+
+
+@pytest.fixture
+def bad_keys(widgets, fs_client):  # noqa: F811
+    """The widgets in sync, then Postgres-only records whose keys no Firestore document can have, and ordinary
+    drift around them (a mismatch, a root missing in Firestore, a subdocument mismatch)."""
+    with psycopg.connect(widgets.postgres.dsn, autocommit=True) as conn:
+        for code in BAD_ROOTS:
+            conn.execute("INSERT INTO widgets (code, label) VALUES (%s, 'only in Postgres')", (code,))
+        conn.execute("INSERT INTO widget_parts VALUES ('a/b', 'p', 1), ('a', 'x/y', 2)")
+    col = fs_client.collection("widgets")
+    col.document("B").update({"label": "changed"})
+    col.document("Z").delete()  # its parts stay: Firestore keeps a deleted document's subcollections
+    col.document("é").collection("parts").document("P").update({"qty": -1})
+    return widgets
+
+
+def _cli(settings, *args: str):
+    env = {"RECONCILER_PG_DSN": settings.postgres.dsn, "RECONCILER_RULES_DIR": str(RULES_DIR)}
+    return CliRunner(env=env).invoke(main, list(args))
+
+
+def _findings(report_dir) -> list[tuple[str, str]]:
+    report = json.loads((report_dir / "report.json").read_text())
+    (entity,) = report["entities"]
+    assert entity["error"] is None, entity["error"]
+    return [(f["key"], f["kind"]) for f in entity["findings"]]
+
+
+def test_the_audit_reports_them_missing_in_firestore_after_the_re_read(bad_keys, tmp_path):
+    r = _cli(bad_keys, "--entity", "widgets", "--report-dir", str(tmp_path))
+    assert r.exit_code == 1, r.output
+    assert _findings(tmp_path) == EXPECTED
+    assert "Traceback" not in r.output
+
+
+def test_ids_and_explain_on_such_a_key_say_it_is_missing_in_firestore(bad_keys, tmp_path):
+    r = _cli(bad_keys, "--entity", "widgets", "--ids", "a/b,a,..,__x__", "--report-dir", str(tmp_path))
+    assert r.exit_code == 1, r.output
+    assert _findings(tmp_path) == [("widgets/..", "missing_in_firestore"), ("widgets/__x__", "missing_in_firestore"),
+                                   ("widgets/a/b", "missing_in_firestore"),
+                                   ("widgets/a/parts/x/y", "missing_in_firestore"),
+                                   ("widgets/a/b/parts/p", "missing_in_firestore")]
+
+    r = _cli(bad_keys, "explain", "--entity", "widgets", "a/b")
+    assert r.exit_code == 1, r.output
+    assert r.output.startswith("widgets a/b (source of truth: postgres): DRIFT: 2 of 2 documents differ\n"), r.output
+    assert "== widgets/a/b: MISSING IN FIRESTORE\n" in r.output
+    assert "== widgets/a/b/parts/p: MISSING IN FIRESTORE\n" in r.output
+    assert "cannot be a Firestore document ID: 'a/b' contains '/'" in r.output
+
+    r = _cli(bad_keys, "explain", "--entity", "widgets", "a")
+    assert r.exit_code == 1, r.output
+    assert "== widgets/a/parts/x/y: MISSING IN FIRESTORE\n" in r.output
+    assert "cannot be a Firestore document ID: 'x/y' contains '/'" in r.output
+
+    r = _cli(bad_keys, "explain", "--entity", "widgets", "__x__")
+    assert r.exit_code == 1, r.output
+    assert "cannot be a Firestore document ID: '__x__' is reserved" in r.output
+
+
+def test_reads_by_key_skip_such_keys_without_asking_firestore(widgets, fs_client):  # noqa: F811
+    """--changed-since of a root collection that is a subcollection reads (parent ID, ID) pairs by key."""
+    rules = engine.load_rules(widgets, ["widgets"])[0]
+    parts = rules.documents[1]
+    reader = fs_source.FirestoreReader(fs_client, retries=0)
+    keys = (("a", "x/y"), ("a", "p"), ("a/b", "p"), ("..", "p"), ("B", "__x__"), ("B", "P"))
+    got = [k for k, _ in reader.stream(parts, Scope(ids=("..", "B", "a", "a/b"), keys=keys), "widgets")]
+    assert got == [("B", "P"), ("a", "p")]
