@@ -42,7 +42,7 @@ from reconciler.result import Counts, Finding, FindingKind, Repair, RepairAction
 from reconciler.rules.model import CompareOptions, DocumentSpec, EntityRules, Reference
 from reconciler.sources import Sides
 from reconciler.sources import postgres as pg_source
-from reconciler.sources.firestore import FirestoreWriter, FsDoc, FsWrite
+from reconciler.sources.firestore import FirestoreWriter, FsDoc, FsWrite, key_problem
 from reconciler.values import to_json
 
 CHANGED_DURING_RUN = "changed_during_run"
@@ -87,6 +87,7 @@ class _Plan:
     reason: str = ""
     fs: FsWrite | None = None
     pg: tuple[PgWrite, ...] = ()
+    impossible: bool = False  # no write can repair it (`reason` says why): it fails when applied
 
     @property
     def writes(self) -> bool:
@@ -121,7 +122,7 @@ def repair_entity(rules: EntityRules, sides: Sides, settings: Settings, drifts: 
     repairs: dict[str, Repair] = {}
     if options.apply:
         writer = _Applier(rules, sides, settings, run_id)
-        for batch in _batches(_apply_order(p for p in plans if p.writes), settings.repair.batch_size):
+        for batch in _batches(_apply_order(p for p in plans if p.writes or p.impossible), settings.repair.batch_size):
             if stop.requested():  # between batches: every record is applied whole (and logged) or not at all
                 break
             repairs.update(writer.apply(batch))
@@ -182,6 +183,9 @@ def _plan(rules: EntityRules, d: Drift, target: str, options: Options) -> _Plan:
 
 
 def _plan_firestore(rules: EntityRules, d: Drift, action: RepairAction) -> _Plan:
+    problem = key_problem(d.key)  # a Postgres-only record whose key Firestore refuses: real drift, no repair
+    if problem is not None:
+        return _Plan(d, action, problem, impossible=True)
     shape = shape_of(d.doc)
     path = d.finding.key
     if action == RepairAction.DELETE:
@@ -395,9 +399,15 @@ class _Applier:
         ensure_log(self.pg)
 
     def apply(self, batch: list[_Plan]) -> dict[str, Repair]:
-        if self.target == "firestore":
-            return self._to_firestore(batch)
-        return self._to_postgres(batch)
+        impossible = [p for p in batch if p.impossible]
+        out = {p.drift.finding.key: _done(p, "failed", p.reason, None) for p in impossible}
+        if impossible:  # failed like a refused write: in the report and the audit trail, the run exits 3
+            self._log([(p, "failed", p.reason) for p in impossible])
+            self.pg.commit()
+        batch = [p for p in batch if not p.impossible]
+        if batch:
+            out.update(self._to_firestore(batch) if self.target == "firestore" else self._to_postgres(batch))
+        return out
 
     # ---- toward Firestore: the Postgres truth re-read in one snapshot, the writes in one batch
 
@@ -446,10 +456,12 @@ class _Applier:
     # ---- toward Postgres: the Firestore truth re-read in one call, each record in its own transaction
 
     def _to_postgres(self, batch: list[_Plan]) -> dict[str, Repair]:
-        now = self.fs.read([p.drift.finding.key for p in batch])
+        # a Postgres orphan whose key is no document ID has no Firestore document to re-read (see FirestoreWriter.read)
+        now = self.fs.read([p.drift.finding.key for p in batch if key_problem(p.drift.key) is None])
         out = {}
         for p in batch:
-            seen, current = p.drift.firestore, now[p.drift.finding.key]
+            seen = p.drift.firestore
+            current = now[p.drift.finding.key] if key_problem(p.drift.key) is None else None
             if (seen is None) != (current is None) or (seen and current and seen.update_time != current.update_time):
                 out[p.drift.finding.key] = _changed(p, "firestore (the source of truth) changed since it was read")
             else:

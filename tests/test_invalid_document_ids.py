@@ -97,6 +97,49 @@ def test_ids_and_explain_on_such_a_key_say_it_is_missing_in_firestore(bad_keys, 
     assert "cannot be a Firestore document ID: '__x__' is reserved" in r.output
 
 
+def test_repair_fixes_the_rest_and_fails_those_records_with_the_reason(bad_keys, fs_client, tmp_path):
+    reasons = {
+        "widgets/..": "cannot be a Firestore document ID: '..' is '.' or '..'",
+        "widgets/__x__": "cannot be a Firestore document ID: '__x__' is reserved (__.*__, other than __id<int64>__)",
+        "widgets/a/b": "cannot be a Firestore document ID: 'a/b' contains '/'",
+        "widgets/a/parts/x/y": "cannot be a Firestore document ID: 'x/y' contains '/'",
+        "widgets/a/b/parts/p": "cannot be a Firestore document ID: 'a/b' contains '/'",
+    }
+    dry = _cli(bad_keys, "--entity", "widgets", "--repair", "--report-dir", str(tmp_path / "dry"))
+    assert dry.exit_code == 1, dry.output
+    for key, reason in reasons.items():
+        assert f"create {key}: skipped ({reason})" in dry.output, dry.output
+    before = {s.reference.path: s.update_time for s in fs_client.collection("widgets").stream()}
+
+    r = _cli(bad_keys, "--entity", "widgets", "--repair", "--apply", "--report-dir", str(tmp_path / "apply"))
+    assert r.exit_code == 3, r.output
+    assert "Traceback" not in r.output
+    report = json.loads((tmp_path / "apply" / "report.json").read_text())
+    (entity,) = report["entities"]
+    got = {f["key"]: (f["repair"]["status"], f["repair"]["reason"]) for f in entity["findings"]}
+    assert got == {**{k: ("failed", why) for k, why in reasons.items()},
+                   "widgets/B": ("applied", ""), "widgets/Z": ("applied", ""), "widgets/é/parts/P": ("applied", "")}
+    assert entity["repair"]["done"] == 3 and entity["repair"]["failed"] == 5, entity["repair"]
+    for key, reason in reasons.items():
+        assert f"create {key}: failed ({reason})" in r.output, r.output
+    with psycopg.connect(bad_keys.postgres.dsn) as conn:
+        trail = conn.execute(f"SELECT entity_id, operation, postgres_status, firestore_status, error_message, "
+                             f"completed_at IS NULL FROM {LOG_TABLE}").fetchall()
+    assert sorted(trail) == sorted(
+        [(k, "create", "source", "failed", why, True) for k, why in reasons.items()]
+        + [("widgets/B", "update", "source", "applied", None, False),
+           ("widgets/Z", "create", "source", "applied", None, False),
+           ("widgets/é/parts/P", "update", "source", "applied", None, False)])
+    # nothing was written where such a key would point ("a/b" as a path is a collection; "../x" a parent)
+    after = {s.reference.path: s.update_time for s in fs_client.collection("widgets").stream()}
+    assert after.keys() == before.keys() | {"widgets/Z"}
+    assert not list(fs_client.collection("widgets").document("a").collection("b").stream())
+
+    again = _cli(bad_keys, "--entity", "widgets", "--report-dir", str(tmp_path / "again"))
+    assert again.exit_code == 1, again.output
+    assert _findings(tmp_path / "again") == [f for f in EXPECTED if f[0] in reasons]
+
+
 def test_reads_by_key_skip_such_keys_without_asking_firestore(widgets, fs_client):  # noqa: F811
     """--changed-since of a root collection that is a subcollection reads (parent ID, ID) pairs by key."""
     rules = engine.load_rules(widgets, ["widgets"])[0]
@@ -105,3 +148,17 @@ def test_reads_by_key_skip_such_keys_without_asking_firestore(widgets, fs_client
     keys = (("a", "x/y"), ("a", "p"), ("a/b", "p"), ("..", "p"), ("B", "__x__"), ("B", "P"))
     got = [k for k, _ in reader.stream(parts, Scope(ids=("..", "B", "a", "a/b"), keys=keys), "widgets")]
     assert got == [("B", "P"), ("a", "p")]
+
+
+def test_repair_toward_postgres_deletes_such_orphans_without_reading_them_from_firestore(orders_loaded):  # noqa: F811
+    settings, _ = orders_loaded
+    settings = dataclasses.replace(settings, settle_s=0)
+    with psycopg.connect(settings.postgres.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO orders (id, order_number) VALUES ('ord/x', 1), ('__x__', 2)")
+        conn.execute("INSERT INTO order_fulfillments (order_id, id, status) VALUES ('ord_1000', 'f/1', 'x')")
+    e = engine.run_audit(settings, ["orders"], repair=Options(apply=True, delete_orphans=True)).entities[0]
+    assert e.error is None, e.error
+    assert {f.key: (f.kind.value, f.repair.status.value) for f in e.findings} == {
+        "orders/__x__": ("missing_in_firestore", "applied"), "orders/ord/x": ("missing_in_firestore", "applied"),
+        "orders/ord_1000/fulfillments/f/1": ("missing_in_firestore", "applied")}
+    assert engine.run_audit(settings, ["orders"]).entities[0].findings == ()
