@@ -122,7 +122,9 @@ def key_ranges(rules: EntityRules, sides: Sides, n: int, within: Scope = Scope()
     if udt == "uuid":
         points = uuid_split_points(n, within)
     else:
-        points = pg_source.sample_split_points(sides.pg, root.table, root.key, udt, n, within.start, within.end)
+        # a point bounds both sides' ranges: a Postgres key Firestore refuses as a document ID cannot be one
+        points = pg_source.sample_split_points(sides.pg, root.table, root.key, udt, n, within.start, within.end,
+                                               usable=fs_source.is_document_id)
         sides.pg.rollback()
     return ranges(points, within)
 
@@ -238,12 +240,13 @@ def _audit_range(task: tuple[Settings, EntityRules, Scope]) -> EntityResult:
 
 def finding_order(documents: Iterable[str]) -> Callable[[str], int]:
     """A finding's place by collection (root first, then the subcollections in rules order), from its path.
-    Within a collection, parts concatenated in range order are already in key order."""
-    index = {name: i for i, name in enumerate(documents)}
+    Within a collection, parts concatenated in range order are already in key order. A Postgres-only key may
+    hold a "/" ("a/b", no document ID): the collection is found by name after the first ID, not by position."""
+    names = list(documents)
 
     def rank(path: str) -> int:
-        parts = path.split("/")
-        return 0 if len(parts) <= 2 else index.get(parts[2], len(index))
+        after = path.partition("/")[2]  # <first id>[/<subcollection>/<id>]
+        return next((i for i, name in enumerate(names) if f"/{name}/" in after), 0)
 
     return rank
 

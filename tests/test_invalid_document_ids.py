@@ -140,6 +140,33 @@ def test_repair_fixes_the_rest_and_fails_those_records_with_the_reason(bad_keys,
     assert _findings(tmp_path / "again") == [f for f in EXPECTED if f[0] in reasons]
 
 
+def test_key_ranges_never_use_such_a_key_as_a_bound_and_three_workers_find_what_one_finds(bad_keys):  # noqa: F811
+    settings = dataclasses.replace(bad_keys, settle_s=0)
+    with psycopg.connect(settings.postgres.dsn, autocommit=True) as conn:
+        # with 17 roots, 3 parts are cut at the 5th and the 11th in key order: the 5th is "A/x"
+        conn.execute("INSERT INTO widgets (code, label) VALUES ('A/x', 'only in Postgres')")
+    rules = engine.load_rules(settings, ["widgets"])[0]
+    sides = engine.open_sides(settings, rules.tables())
+    try:
+        sampled = pg_source.sample_split_points(sides.pg, "widgets", "code", "text", 3, None, None)
+        sides.pg.rollback()
+        scopes = parallel.key_ranges(rules, sides, 3)
+    finally:
+        sides.pg.close()
+    assert sampled == ["A/x", "a"]  # what a split at equal row counts would take
+    assert [s.start for s in scopes] == [None, "Ab", "a"]  # the next key that can be a bound instead
+    assert [s.end for s in scopes] == ["Ab", "a", None]
+
+    one = engine.run_audit(settings, ["widgets"]).entities[0]
+    three = engine.run_audit(settings, ["widgets"], planner=parallel.Planner(settings, workers=3)).entities[0]
+    assert one.error is None and three.error is None, (one.error, three.error)
+    assert (one.counts, one.findings, one.field_counts) == (three.counts, three.findings, three.field_counts)
+    assert [(f.key, f.kind.value) for f in one.findings] == [EXPECTED[0], ("widgets/A/x", "missing_in_firestore"),
+                                                             *EXPECTED[1:]]
+    assert all(fs_source.is_document_id(s.start) for s in scopes[1:])
+
+
+
 def test_reads_by_key_skip_such_keys_without_asking_firestore(widgets, fs_client):  # noqa: F811
     """--changed-since of a root collection that is a subcollection reads (parent ID, ID) pairs by key."""
     rules = engine.load_rules(widgets, ["widgets"])[0]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import psycopg
 from psycopg import sql
@@ -125,14 +125,17 @@ def range_condition(column: str, udt: str, op: str, bound: str, alias: str = "t"
     row = sql.SQL("(CASE WHEN {n} THEN 0 ELSE 1 END, "
                   "COALESCE(CASE WHEN {n} THEN substring({t} from 5 for length({t}) - 6)::numeric END, 0), "
                   '{t} COLLATE "C")').format(n=numeric, t=text)
-    kind, value = id_sort_key(bound)
+    kind, value = id_sort_key(bound)[:2]
     cond = sql.SQL("{} " + op + " (%s::int, %s::numeric, %s::text)").format(row)
     return cond, [kind, value if kind == 0 else 0, bound]
 
 
 def sample_split_points(conn: psycopg.Connection, table: str, key: str, udt: str, n: int,
-                        start: str | None, end: str | None) -> list[str]:
-    """The keys that cut the table's rows in [start, end) into n parts of about equal size, in key order."""
+                        start: str | None, end: str | None, usable: Callable[[str], bool] = lambda k: True,
+                        look_ahead: int = 100) -> list[str]:
+    """The keys that cut the table's rows in [start, end) into n parts of about equal size, in key order. A key
+    that is not `usable` as a bound gives way to the next usable one, at most `look_ahead` rows on (else that
+    cut is left out: fewer, larger parts)."""
     conditions, params = [], []
     for bound, op in ((start, ">="), (end, "<")):
         if bound is not None:
@@ -143,12 +146,13 @@ def sample_split_points(conn: psycopg.Connection, table: str, key: str, udt: str
     try:
         total = conn.execute(sql.SQL("SELECT count(*) FROM {} AS t{}").format(sql.Identifier(table), where),
                              params).fetchone()[0]
-        query = sql.SQL("SELECT {} FROM {} AS t{} ORDER BY {} OFFSET %s LIMIT 1").format(
+        query = sql.SQL("SELECT {} FROM {} AS t{} ORDER BY {} OFFSET %s LIMIT %s").format(
             _text(key), sql.Identifier(table), where, sql.SQL(", ").join(order_terms(key, udt)))
-        points = [conn.execute(query, [*params, total * i // n]).fetchone() for i in range(1, n)]
+        cuts = [conn.execute(query, [*params, total * i // n, look_ahead]).fetchall() for i in range(1, n)]
     except psycopg.Error as exc:
         raise RuntimeFailure(f"postgres: {_one_line(exc)}") from None
-    return [p[0] for p in points if p is not None]
+    points = (next((row[0] for row in rows if usable(row[0])), None) for rows in cuts)
+    return [p for p in points if p is not None]
 
 
 def changed_keys(conn: psycopg.Connection, doc: DocumentSpec, column: str, since: Any) -> list[Key]:
