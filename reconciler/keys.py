@@ -22,23 +22,36 @@ B = TypeVar("B")
 _NUMERIC_ID = re.compile(r"__id(-?[0-9]+)__")
 
 
-def id_sort_key(doc_id: str) -> tuple[int, int | str]:
+def id_sort_key(doc_id: str) -> tuple[int, int, str] | tuple[int, str]:
+    """An ID's place in key order. Numeric IDs of any size sort by value, then (written with leading zeros,
+    which only a Postgres key can be) by their text, as the Postgres streams sort them (order_terms)."""
     if doc_id.startswith("__id"):
         m = _NUMERIC_ID.fullmatch(doc_id)
         if m:
-            return (0, int(m.group(1)))
+            return (0, int(m.group(1)), doc_id)
     return (1, doc_id)
+
+
+_COMPLEMENT = str.maketrans("0123456789", "9876543210")
 
 
 def order_text(doc_id: str) -> str:
     """id_sort_key as one string, which is cheaper to build and to compare (the merge-join does it per
-    record): numeric IDs as "\0" + a fixed-width, order-preserving form of the integer, others "\1" + ID."""
+    record): numeric IDs as "\0" + an order-preserving form of the integer + the ID, others "\1" + ID."""
     if doc_id.startswith("__id"):
         m = _NUMERIC_ID.fullmatch(doc_id)
         if m:
-            n = int(m.group(1))  # Firestore's numeric IDs are int64; the width leaves room for any of them
-            return "\0" + ("1" + str(n).zfill(40) if n >= 0 else "0" + str(10**40 + n).zfill(40))
+            return "\0" + _integer_text(m.group(1)) + doc_id
     return "\1" + doc_id
+
+
+def _integer_text(number: str) -> str:
+    """A decimal integer as text that sorts like its value, whatever its size (a Postgres key may hold any,
+    Firestore's numeric IDs are int64): sign, digit count, digits (complemented when negative). Prefix-free."""
+    digits = number.lstrip("-").lstrip("0") or "0"
+    if number.startswith("-") and digits != "0":
+        return "0" + f"{999_999 - len(digits):06d}" + digits.translate(_COMPLEMENT)
+    return "1" + f"{len(digits):06d}" + digits
 
 
 def sort_key(key: Key) -> SortKey:

@@ -189,3 +189,26 @@ def test_repair_toward_postgres_deletes_such_orphans_without_reading_them_from_f
         "orders/__x__": ("missing_in_firestore", "applied"), "orders/ord/x": ("missing_in_firestore", "applied"),
         "orders/ord_1000/fulfillments/f/1": ("missing_in_firestore", "applied")}
     assert engine.run_audit(settings, ["orders"]).entities[0].findings == ()
+
+
+def test_numeric_ids_firestore_refuses_keep_both_sides_in_one_key_order(widgets):  # noqa: F811
+    """Postgres sorts __id<n>__ keys by value, then by text: beyond int64 and with leading zeros too."""
+    settings = dataclasses.replace(widgets, settle_s=0)
+    big, bigger = "1" + "0" * 44, "9" * 45
+    codes = [f"__id-{bigger}__", f"__id-{big}__", "__id005__", f"__id{2**63}__", f"__id{big}__", f"__id{bigger}__"]
+    with psycopg.connect(settings.postgres.dsn, autocommit=True) as conn:
+        for code in reversed(codes):
+            conn.execute("INSERT INTO widgets (code, label) VALUES (%s, 'only in Postgres')", (code,))
+    e = engine.run_audit(settings, ["widgets"]).entities[0]
+    assert e.error is None, e.error
+    assert [(f.key, f.kind.value) for f in e.findings] == [(f"widgets/{c}", "missing_in_firestore") for c in codes]
+
+
+def test_order_text_sorts_numeric_ids_of_any_size_by_value_then_text():
+    big = 10**45
+    ordered = [f"__id-{big * 10}__", f"__id-{big + 1}__", f"__id-{big}__", f"__id-{9 * big // 10}__",
+               f"__id{-2**63}__", "__id-7__", "__id-0__", "__id00__", "__id0__", "__id007__", "__id07__", "__id7__",
+               f"__id{2**63 - 1}__", f"__id{2**63}__", f"__id{9 * big // 10}__", f"__id{big}__", f"__id{big + 1}__",
+               f"__id{big * 10}__", "", "__id__", "a"]
+    for key in (order_text, id_sort_key):
+        assert sorted(reversed(ordered), key=key) == ordered, key

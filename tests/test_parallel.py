@@ -31,7 +31,10 @@ from test_key_order_integration import widgets  # noqa: F401  (a fixture: text k
 NUMERIC = st.integers(-(2**63), 2**63 - 1).map(lambda n: f"__id{n}__")
 UUIDS = st.uuids().map(str)
 TEXT = st.text(st.characters(blacklist_characters="/", blacklist_categories=("Cs",)), min_size=1, max_size=6)
-IDS = st.one_of(NUMERIC, UUIDS, TEXT, st.sampled_from(["__id__", "__idx__", "_", "0", "g", "ffffffff"]))
+# numeric IDs Firestore refuses but a Postgres key may be: leading zeros, any size
+BIG_NUMERIC = st.builds(lambda n, zeros: f"__id{'-' if n < 0 else ''}{'0' * zeros}{abs(n)}__",
+                        st.integers(-(10**50), 10**50), st.integers(0, 2))
+IDS = st.one_of(NUMERIC, BIG_NUMERIC, UUIDS, TEXT, st.sampled_from(["__id__", "__idx__", "_", "0", "g", "ffffffff"]))
 
 
 @given(st.lists(IDS, max_size=8), st.lists(IDS, min_size=1, max_size=30))
