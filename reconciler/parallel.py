@@ -151,9 +151,11 @@ class Planner:
             return scope
         if self.since is not None:
             scope = changed_scope(rules, sides, self.since, self.settings)
-        if self.shard is not None:
-            scope = key_ranges(rules, sides, self.shard.count, scope)[self.shard.index] \
-                if self.shard.count > 1 else scope
+        if self.shard is not None and self.shard.count > 1:
+            parts = key_ranges(rules, sides, self.shard.count, scope)
+            # fewer distinct keys than shards: the last shards get nothing, and merge-reports still sees the
+            # ranges meet end to end (an empty range after the one that runs to the end of the key space)
+            scope = parts[self.shard.index] if self.shard.index < len(parts) else Scope(ids=())
         return scope
 
     def audit(self, rules: EntityRules, sides: Sides, settings: Settings, scope: Scope, progress: engine.Progress,

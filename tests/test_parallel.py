@@ -293,6 +293,27 @@ def test_three_shards_find_what_one_run_finds_and_merge_into_its_report(drifted,
     assert not (tmp_path / "bad").exists()
 
 
+
+def test_more_shards_than_keys_leave_the_last_shards_empty_and_still_merge(widgets, fs_client, tmp_path, monkeypatch):
+    """13 text keys in 20 shards: the sampled split points cannot make 20 ranges. Every shard still runs (the
+    extra ones audit nothing), together they find what one run finds, and their reports merge."""
+    fs_client.collection("widgets").document("__id5__").update({"label": "changed"})
+    monkeypatch.setenv("RECONCILER_PG_DSN", widgets.postgres.dsn)
+    monkeypatch.setenv("RECONCILER_RULES_DIR", str(widgets.rules_dir))
+    runner = CliRunner()
+    full = runner.invoke(main, ["--entity", "widgets", "--report-dir", str(tmp_path / "full")])
+    assert full.exit_code == 1, full.output
+    for k in range(20):
+        r = runner.invoke(main, ["--entity", "widgets", "--shard", f"{k}/20", "--report-dir", str(tmp_path / str(k))])
+        assert r.exit_code in (0, 1), r.output
+    load = lambda d: json.loads((tmp_path / d / "report.json").read_text())  # noqa: E731
+    counts = [load(str(k))["entities"][0]["counts"] for k in range(20)]
+    assert sum(c["postgres"] for c in counts) == load("full")["entities"][0]["counts"]["postgres"] == len(WIDGET_IDS) * 6
+    assert counts[-1]["postgres"] == counts[-1]["firestore"] == 0  # an extra shard
+    merged = runner.invoke(main, ["merge-reports", str(tmp_path / "merged"), *(str(tmp_path / str(k)) for k in range(20))])
+    assert merged.exit_code == 1, merged.output
+    assert _comparable(load("merged")) == _comparable(load("full"))
+
 # ------------------------------------------------------------------------------------------ --changed-since
 
 def test_changed_since_audits_exactly_the_records_updated_on_either_side(customers_loaded, fs_client, pg_dsn):

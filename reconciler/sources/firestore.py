@@ -46,7 +46,7 @@ class FsDoc(NamedTuple):
 class _Hit(NamedTuple):
     """One document of a query's results, as `FirestoreReader._paged` decodes it."""
 
-    path: str  # relative to the database: customers/ID[/activities/ID]
+    path: str  # relative to the database: collection/ID[/subcollection/ID]
     doc: FsDoc
 
 
