@@ -22,13 +22,13 @@ B = TypeVar("B")
 _NUMERIC_ID = re.compile(r"__id(-?[0-9]+)__")
 
 
-def id_sort_key(doc_id: str) -> tuple[int, int, str] | tuple[int, str]:
+def id_sort_key(doc_id: str) -> tuple[int, str, str] | tuple[int, str]:
     """An ID's place in key order. Numeric IDs of any size sort by value, then (written with leading zeros,
     which only a Postgres key can be) by their text, as the Postgres streams sort them (order_terms)."""
     if doc_id.startswith("__id"):
         m = _NUMERIC_ID.fullmatch(doc_id)
         if m:
-            return (0, int(m.group(1)), doc_id)
+            return (0, _integer_text(m.group(1)), doc_id)  # not int(): Python refuses over 4,300 digits
     return (1, doc_id)
 
 
