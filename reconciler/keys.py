@@ -22,6 +22,12 @@ B = TypeVar("B")
 _NUMERIC_ID = re.compile(r"__id(-?[0-9]+)__")
 
 
+def numeric_id(doc_id: str) -> str | None:
+    """The integer of a numeric ID `__id<n>__`, as written (any size, leading zeros kept); None for other IDs."""
+    m = _NUMERIC_ID.fullmatch(doc_id) if doc_id.startswith("__id") else None
+    return m.group(1) if m else None
+
+
 def id_sort_key(doc_id: str) -> tuple[int, str, str] | tuple[int, str]:
     """An ID's place in key order. Numeric IDs of any size sort by value, then (written with leading zeros,
     which only a Postgres key can be) by their text, as the Postgres streams sort them (order_terms)."""

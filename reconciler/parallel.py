@@ -17,6 +17,7 @@ import os
 import re
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 import dataclasses
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -216,6 +217,12 @@ def map_ranges(fn: Callable[[Any], T], tasks: list[Any], workers: int,
             for f in futures:
                 on_done(f.result())
                 stop.check("while auditing key ranges")
+        except BrokenProcessPool:
+            for f in futures:
+                f.cancel()
+            if stop.requested():  # a SIGTERM to the process group reached a worker still starting up
+                raise stop.Interrupted("stopped by SIGTERM while the workers were starting") from None
+            raise
         except BaseException:
             for f in futures:
                 f.cancel()
@@ -226,6 +233,7 @@ def map_ranges(fn: Callable[[Any], T], tasks: list[Any], workers: int,
 def _audit_range(task: tuple[Settings, EntityRules, Scope]) -> EntityResult:
     """One range, in a worker process, with its own connections."""
     settings, rules, scope = task
+    stop.check("before a key range")  # queued before the SIGTERM: not started
     try:
         sides = engine.open_sides(settings, rules.tables())
         try:  # no checkpoints: the ranges of an entity would share one (and --resume would have to redo the split)

@@ -78,15 +78,15 @@ def shared(ctx: BaseContext) -> Iterator[_Flag]:
     """Within: the stop request is an event worker processes can share (pass it to `in_worker`)."""
     global _requested
     local, event = _requested, _SharedFlag(ctx)
+    _requested = event  # swap first, copy after: a SIGTERM between the two lands in the flag that stays
     if local.is_set():
         event.set()
-    _requested = event
     try:
         yield event
     finally:
+        _requested = local
         if event.is_set():
             local.set()
-        _requested = local
 
 
 def in_worker(event: _Flag) -> None:

@@ -87,3 +87,39 @@ def test_firestore_is_read_as_of_the_postgres_snapshot(customers_loaded, fs_clie
         assert then.update_time <= instant < now.update_time
     finally:
         sides.pg.close()
+
+
+def test_the_sweep_streams_decode_what_the_client_decodes_as_of_the_instant(customers_loaded, fs_client, pg_dsn):
+    """The streams decode RunQuery responses themselves (no DocumentSnapshot): the same paths, fields and update
+    times as the client's own Query.stream(), and read_time honoured by root and collection-group queries."""
+    from reconciler.engine import open_sides
+    from reconciler.keys import Scope
+    from reconciler.rules import load_entity
+    from reconciler.sources import firestore as fs_source
+    from reconciler.sources import postgres as pg_source
+
+    settings, people = customers_loaded
+    rules = load_entity(settings.rules_dir, "customers")
+    sub = next(d for d in rules.documents if d.parent is not None and d.collection == "addresses")
+    sides = open_sides(settings, rules.tables())
+    try:
+        reader = fs_source.FirestoreReader(sides.fs)
+        for doc, query in ((rules.root, fs_client.collection("customers").order_by("__name__")),
+                           (sub, fs_client.collection_group("addresses").order_by("__name__"))):
+            ours = [(k, d.fields, d.update_time) for k, d in reader.stream(doc, Scope(), "customers")]
+            theirs = [(tuple(s.reference.path.split("/")[1::2]), *fs_source._doc(s)) for s in query.stream()]
+            assert len(ours) > 20 and ours == theirs
+
+        instant = pg_source.begin_snapshot(sides.pg)
+        person = next(p for p in people if p.subcollections.get("addresses"))
+        fs_client.collection("customers").document(person.id).update({"notes": "after the instant"})
+        address = fs_client.collection("customers").document(person.id).collection("addresses").document(
+            next(iter(person.subcollections["addresses"])))
+        address.update({"city": "after the instant"})
+        at = fs_source.FirestoreReader(sides.fs, read_time=instant)
+        for doc, field in ((rules.root, "notes"), (sub, "city")):
+            then = {k: d.fields.get(field) for k, d in at.stream(doc, Scope(), "customers")}
+            now = {k: d.fields.get(field) for k, d in reader.stream(doc, Scope(), "customers")}
+            assert "after the instant" in now.values() and "after the instant" not in then.values(), doc.collection
+    finally:
+        sides.pg.close()

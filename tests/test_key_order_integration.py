@@ -81,3 +81,25 @@ def test_limit_and_ids_narrow_both_sides_alike(widgets, fs_client):
     e = run_audit(widgets, ["widgets"], ids=("B", "__id10__")).entities[0]
     assert e.counts.postgres == 2 * (1 + len(PARTS)) and e.counts.firestore == 1 + 2 * len(PARTS)
     assert [f.key for f in e.findings] == ["widgets/__id10__"]
+
+
+def test_range_bounds_mean_on_postgres_what_they_mean_in_key_order(pg_database):
+    """A key range's bound (a --workers/--shard split point, a --resume checkpoint) cuts the Postgres rows exactly
+    where id_sort_key cuts the IDs: numeric IDs of any size and with leading zeros, text under ICU collation."""
+    from psycopg import sql
+
+    from reconciler.keys import id_sort_key
+    from reconciler.sources.postgres import range_condition
+
+    big = "9" * 30
+    keys = [*IDS, "__id0__", "__id00__", "__id007__", "__id7__", "__id-7__", f"__id{big}__", f"__id-{big}__",
+            "__id__", "__id5x__", "a/b", "zz"]
+    with psycopg.connect(pg_database(icu_locale="en-US"), autocommit=True) as conn:
+        conn.execute("CREATE TABLE k (code text PRIMARY KEY)")
+        conn.cursor().executemany("INSERT INTO k VALUES (%s)", [(k,) for k in keys])
+        for bound in keys:
+            for op in (">=", "<"):
+                cond, params = range_condition("code", "text", op, bound)
+                got = {r[0] for r in conn.execute(sql.SQL("SELECT code FROM k t WHERE {}").format(cond), params)}
+                want = {k for k in keys if (id_sort_key(k) >= id_sort_key(bound)) == (op == ">=")}
+                assert got == want, (bound, op, sorted(got ^ want))

@@ -183,6 +183,23 @@ def test_sigterm_starts_no_further_range():
 
 
 
+
+def _stop_requested_then_killed(task: int) -> int:
+    """In a worker: what a SIGTERM to the process group does to a worker that is still starting up (before its
+    handler is in place): the stop is requested (the parent's handler) and the worker dies."""
+    stop._requested.set()
+    os.kill(os.getpid(), signal.SIGKILL)
+    return task
+
+
+def test_a_worker_killed_by_the_sigterm_that_stops_the_run_is_a_stop_not_a_crash():
+    try:
+        with pytest.raises(stop.Interrupted, match="while the workers were starting"):
+            parallel.map_ranges(_stop_requested_then_killed, [1, 2], workers=2)
+        assert stop.requested()  # the request outlives the pool: the CLI exits 143
+    finally:
+        stop._requested.clear()
+
 @pytest.mark.parametrize("to", ["the process group", "the parent alone"])
 def test_sigterm_stops_the_workers_in_the_middle_of_their_ranges(to, pg_dsn, fs_client):
     """Kubernetes and systemd signal the whole process group, `kill PID` the parent alone: either way each worker

@@ -19,7 +19,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from reconciler.errors import ConfigError, RuntimeFailure
-from reconciler.keys import Key, Scope, SortKey, id_sort_key, order_text
+from reconciler.keys import Key, Scope, SortKey, numeric_id, order_text
 from reconciler.rules.model import Column, DocumentSpec, Embed, Reference
 
 Row = tuple[Any, ...]
@@ -117,7 +117,7 @@ def range_condition(column: str, udt: str, op: str, bound: str, alias: str = "t"
     if udt == "uuid":
         if _ID_PATTERNS["uuid"].fullmatch(bound):
             return sql.SQL("{}.{} " + op + " %s::uuid").format(sql.Identifier(alias), sql.Identifier(column)), [bound]
-        if id_sort_key(bound)[0] == 0:  # a numeric ID sorts before every UUID
+        if numeric_id(bound) is not None:  # a numeric ID sorts before every UUID
             return sql.SQL("TRUE" if op == ">=" else "FALSE"), []
         return sql.SQL("{} " + op + ' %s COLLATE "C"').format(_text(column, alias)), [bound]
     text = _text(column, alias)
@@ -125,9 +125,9 @@ def range_condition(column: str, udt: str, op: str, bound: str, alias: str = "t"
     row = sql.SQL("(CASE WHEN {n} THEN 0 ELSE 1 END, "
                   "COALESCE(CASE WHEN {n} THEN substring({t} from 5 for length({t}) - 6)::numeric END, 0), "
                   '{t} COLLATE "C")').format(n=numeric, t=text)
-    kind, value = id_sort_key(bound)[:2]
+    number = numeric_id(bound)
     cond = sql.SQL("{} " + op + " (%s::int, %s::numeric, %s::text)").format(row)
-    return cond, [kind, value if kind == 0 else 0, bound]
+    return cond, [0, number, bound] if number is not None else [1, 0, bound]
 
 
 def sample_split_points(conn: psycopg.Connection, table: str, key: str, udt: str, n: int,
