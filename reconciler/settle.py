@@ -76,7 +76,10 @@ def reread(rules: EntityRules, sides: Sides, settings: Settings,
 def _reread_doc(rules: EntityRules, doc: DocumentSpec, keys: list[Key], pg_reader: pg_source.PostgresReader,
                 fs_reader: fs_source.FirestoreReader) -> dict[tuple[str, Key], Reread]:
     wanted = set(keys)
-    scope = Scope(ids=tuple(sorted({k[0] for k in wanted})))
+    parents = tuple(sorted({k[0] for k in wanted}))
+    # subdocuments by their exact keys (one batched get), not every child of each parent (a query per parent:
+    # on the emulator each scans the whole collection group, 1.5 s apiece at 650k documents)
+    scope = Scope(ids=parents) if doc.parent is None else Scope(ids=parents, keys=tuple(wanted))
     pg_map, fs_map, shape = PostgresMapper(doc, rules.compare), FirestoreMapper(doc, rules.compare), shape_of(doc)
     pg = {k: pg_map.record(*raw) for k, raw in pg_reader.stream(doc, scope) if k in wanted}
     fs = {k: d for k, d in fs_reader.stream(doc, scope, rules.top_collection) if k in wanted}
