@@ -31,11 +31,9 @@ def numeric_id(doc_id: str) -> str | None:
 def id_sort_key(doc_id: str) -> tuple[int, str, str] | tuple[int, str]:
     """An ID's place in key order. Numeric IDs of any size sort by value, then (written with leading zeros,
     which only a Postgres key can be) by their text, as the Postgres streams sort them (order_terms)."""
-    if doc_id.startswith("__id"):
-        m = _NUMERIC_ID.fullmatch(doc_id)
-        if m:
-            return (0, _integer_text(m.group(1)), doc_id)  # not int(): Python refuses over 4,300 digits
-    return (1, doc_id)
+    number = numeric_id(doc_id)
+    # not int(): Python refuses over 4,300 digits
+    return (0, _integer_text(number), doc_id) if number is not None else (1, doc_id)
 
 
 _COMPLEMENT = str.maketrans("0123456789", "9876543210")
@@ -44,11 +42,8 @@ _COMPLEMENT = str.maketrans("0123456789", "9876543210")
 def order_text(doc_id: str) -> str:
     """id_sort_key as one string, which is cheaper to build and to compare (the merge-join does it per
     record): numeric IDs as "\0" + an order-preserving form of the integer + the ID, others "\1" + ID."""
-    if doc_id.startswith("__id"):
-        m = _NUMERIC_ID.fullmatch(doc_id)
-        if m:
-            return "\0" + _integer_text(m.group(1)) + doc_id
-    return "\1" + doc_id
+    number = numeric_id(doc_id)
+    return "\0" + _integer_text(number) + doc_id if number is not None else "\1" + doc_id
 
 
 def _integer_text(number: str) -> str:

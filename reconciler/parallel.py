@@ -217,15 +217,11 @@ def map_ranges(fn: Callable[[Any], T], tasks: list[Any], workers: int,
             for f in futures:
                 on_done(f.result())
                 stop.check("while auditing key ranges")
-        except BrokenProcessPool:
+        except BaseException as exc:
             for f in futures:
                 f.cancel()
-            if stop.requested():  # a SIGTERM to the process group reached a worker still starting up
+            if isinstance(exc, BrokenProcessPool) and stop.requested():  # the SIGTERM reached a worker still starting
                 raise stop.Interrupted("stopped by SIGTERM while the workers were starting") from None
-            raise
-        except BaseException:
-            for f in futures:
-                f.cancel()
             raise
     return [f.result() for f in futures]
 

@@ -460,8 +460,7 @@ class _Applier:
         now = self.fs.read([p.drift.finding.key for p in batch if key_problem(p.drift.key) is None])
         out = {}
         for p in batch:
-            seen = p.drift.firestore
-            current = now[p.drift.finding.key] if key_problem(p.drift.key) is None else None
+            seen, current = p.drift.firestore, now.get(p.drift.finding.key)  # not asked for: no document
             if (seen is None) != (current is None) or (seen and current and seen.update_time != current.update_time):
                 out[p.drift.finding.key] = _changed(p, "firestore (the source of truth) changed since it was read")
             else:

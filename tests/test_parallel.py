@@ -267,15 +267,22 @@ def _comparable(report: dict) -> dict:
     return out
 
 
-def test_three_shards_find_what_one_run_finds_and_merge_into_its_report(drifted, tmp_path, monkeypatch):
-    monkeypatch.setenv("RECONCILER_PG_DSN", drifted.postgres.dsn)
-    monkeypatch.setenv("RECONCILER_RULES_DIR", str(drifted.rules_dir))
+def _full_run_and_shards(settings, entity: str, n: int, tmp_path: Path, monkeypatch) -> CliRunner:
+    """The CLI audits the entity whole (report in tmp_path/full, drift expected) and as shards 0..n-1 of n
+    (tmp_path/K); the runner, for more commands in the same environment."""
+    monkeypatch.setenv("RECONCILER_PG_DSN", settings.postgres.dsn)
+    monkeypatch.setenv("RECONCILER_RULES_DIR", str(settings.rules_dir))
     runner = CliRunner()
-    full = runner.invoke(main, ["--entity", "customers", "--report-dir", str(tmp_path / "full")])
+    full = runner.invoke(main, ["--entity", entity, "--report-dir", str(tmp_path / "full")])
     assert full.exit_code == 1, full.output
-    for k in range(3):
-        r = runner.invoke(main, ["--entity", "customers", "--shard", f"{k}/3", "--report-dir", str(tmp_path / str(k))])
+    for k in range(n):
+        r = runner.invoke(main, ["--entity", entity, "--shard", f"{k}/{n}", "--report-dir", str(tmp_path / str(k))])
         assert r.exit_code in (0, 1), r.output
+    return runner
+
+
+def test_three_shards_find_what_one_run_finds_and_merge_into_its_report(drifted, tmp_path, monkeypatch):
+    runner = _full_run_and_shards(drifted, "customers", 3, tmp_path, monkeypatch)
     # the same shard from the environment, as a Cloud Run Jobs task sees it
     monkeypatch.setenv("CLOUD_RUN_TASK_INDEX", "1")
     monkeypatch.setenv("CLOUD_RUN_TASK_COUNT", "3")
@@ -315,14 +322,7 @@ def test_more_shards_than_keys_leave_the_last_shards_empty_and_still_merge(widge
     """13 text keys in 20 shards: the sampled split points cannot make 20 ranges. Every shard still runs (the
     extra ones audit nothing), together they find what one run finds, and their reports merge."""
     fs_client.collection("widgets").document("__id5__").update({"label": "changed"})
-    monkeypatch.setenv("RECONCILER_PG_DSN", widgets.postgres.dsn)
-    monkeypatch.setenv("RECONCILER_RULES_DIR", str(widgets.rules_dir))
-    runner = CliRunner()
-    full = runner.invoke(main, ["--entity", "widgets", "--report-dir", str(tmp_path / "full")])
-    assert full.exit_code == 1, full.output
-    for k in range(20):
-        r = runner.invoke(main, ["--entity", "widgets", "--shard", f"{k}/20", "--report-dir", str(tmp_path / str(k))])
-        assert r.exit_code in (0, 1), r.output
+    runner = _full_run_and_shards(widgets, "widgets", 20, tmp_path, monkeypatch)
     load = lambda d: json.loads((tmp_path / d / "report.json").read_text())  # noqa: E731
     counts = [load(str(k))["entities"][0]["counts"] for k in range(20)]
     assert sum(c["postgres"] for c in counts) == load("full")["entities"][0]["counts"]["postgres"] == len(WIDGET_IDS) * 6

@@ -164,8 +164,7 @@ def changed_keys(conn: psycopg.Connection, doc: DocumentSpec, column: str, since
         ref = doc.parent_references
         parent = _text(doc.parent) if ref is None else _text(ref.column, "p")
         if ref is not None:
-            joins = sql.SQL(" LEFT JOIN {} AS p ON p.{} = t.{}").format(
-                sql.Identifier(ref.table), sql.Identifier(ref.join), sql.Identifier(doc.parent))
+            joins = _join(ref, doc.parent, "p")
         key = sql.SQL("{}, {}").format(parent, key)
     query = sql.SQL("SELECT {} FROM {} AS t{} WHERE t.{} > %s").format(key, sql.Identifier(doc.table), joins,
                                                                        sql.Identifier(column))
@@ -208,8 +207,7 @@ class PostgresReader:
             if ref is None:
                 return "t", column, self.schema[table][column]
             alias = f"r{len(joins)}"
-            joins.append(sql.SQL(" LEFT JOIN {} AS {a} ON {a}.{} = t.{}").format(
-                sql.Identifier(ref.table), sql.Identifier(ref.join), sql.Identifier(column), a=sql.Identifier(alias)))
+            joins.append(_join(ref, column, alias))
             return alias, ref.column, self.schema[ref.table][ref.column]
 
         key_terms = [term(k, ref) for k, ref in keys]
@@ -273,6 +271,12 @@ class PostgresReader:
                 return
             if wanted is None or (row[0], row[1]) in wanted:
                 yield (row[0], row[1]), (row[1:], ())
+
+
+def _join(ref: Reference, column: str, alias: str) -> sql.Composable:
+    """The referenced row of t.column, as `alias` (LEFT: a dangling reference keeps its row, with NULLs)."""
+    return sql.SQL(" LEFT JOIN {} AS {a} ON {a}.{} = t.{}").format(
+        sql.Identifier(ref.table), sql.Identifier(ref.join), sql.Identifier(column), a=sql.Identifier(alias))
 
 
 def _refs(columns: tuple[Column, ...]) -> dict[str, Reference | None]:
