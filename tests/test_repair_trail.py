@@ -272,6 +272,42 @@ def test_a_commit_whose_reply_is_lost_is_settled_by_reading_back(customers_loade
     assert drifted(settings) == set()
 
 
+def test_an_outcome_that_cannot_be_read_back_is_never_guessed(customers_loaded, fs_client, pg_dsn, monkeypatch):
+    """The reply is lost and Firestore cannot be read either: the record fails as unknown, its row stays pending,
+    and the next apply settles it from the document."""
+    settings, people = customers_loaded
+    settings = lenient(settings)
+    ref = fs_client.collection("customers").document(people[0].id)
+    ref.update({"lastName": "Wrong"})
+
+    down = []
+    real_get = FirestoreClient.batch_get_documents
+
+    def deadline():  # the commit landed; from now on Firestore cannot be reached at all
+        down.append(True)
+        raise gexc.DeadlineExceeded("Deadline Exceeded")
+
+    def get(self, *args, **kwargs):
+        if down:
+            raise gexc.ServiceUnavailable("connection reset")
+        return real_get(self, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        wrap_commit(m, after=deadline)
+        m.setattr(FirestoreClient, "batch_get_documents", get)
+        m.setattr("reconciler.backoff.delay", lambda attempt, **kw: 0.0)  # the retries' waits, not their number
+        result = run_audit(settings, ["customers"], repair=Options(apply=True))
+    (f,) = result.entities[0].findings
+    assert f.repair.status == RepairStatus.FAILED and result.failed
+    assert f.repair.reason.startswith("outcome unknown: 504 Deadline Exceeded, and the document could not be read back")
+    assert [(r[0], r[1]) for r in trail(pg_dsn)] == [(f"customers/{people[0].id}", "pending")]
+
+    again = run_audit(settings, ["customers"], repair=Options(apply=True)).entities[0]
+    assert [(x.key, x.status) for x in again.repair.resolved] == [(f"customers/{people[0].id}", "applied")]
+    assert [(r[0], r[1]) for r in trail(pg_dsn)] == [(f"customers/{people[0].id}", "applied")]
+    assert again.findings == ()
+
+
 # ------------------------------------------------------------------------------------------ 8: refused values
 
 @pytest.fixture
@@ -289,43 +325,48 @@ def test_values_firestore_refuses_fail_their_records_and_the_others_are_repaired
     for p in people:
         batch.update(col.document(p.id), {"lastName": "Wrong"})
     batch.commit()
-    big, empty_key = people[:15], people[15:30]
+    empty_source = [p for p in people if p.document.get("sources")][:10]  # a map key from data: a field-path part
+    rest = [p for p in people if p not in empty_source]
+    big, empty_key, good = rest[:10], rest[10:20], rest[20:]
+    bad = empty_source + big + empty_key
     with psycopg.connect(pg_dsn) as conn:
         conn.execute("""UPDATE customers SET custom_attributes = '{"big": 1180591620717411303424}' WHERE id = ANY(%s)""",
                      ([p.id for p in big],))  # 2**70
         conn.execute("""UPDATE customers SET custom_attributes = '{"ok": 1, "": {"x": 1}}' WHERE id = ANY(%s)""",
                      ([p.id for p in empty_key],))
+        conn.execute("UPDATE customer_sources SET source = '' WHERE id IN (SELECT DISTINCT ON (customer_id) id FROM "
+                     "customer_sources WHERE customer_id = ANY(%s) ORDER BY customer_id, id)", ([p.id for p in empty_source],))
     config = tmp_path / "reconciler.toml"
     config.write_text(f'[audit]\nrules_dir = "{ROOT / "rules"}"\n[repair]\nmax_drift_ratio = 1.0\n')
     runner = CliRunner(env={"RECONCILER_PG_DSN": pg_dsn})
-    before = {p.id: col.document(p.id).get().update_time for p in people[:30]}
+    before = {p.id: col.document(p.id).get().update_time for p in bad}
 
     dry = runner.invoke(main, ["--config", str(config), "--entity", "customers", "--repair", "--report-dir",
                                str(tmp_path / "dry"), "--no-progress"])
     assert dry.exit_code == 1, dry.output
     dry_report = json.loads((tmp_path / "dry" / "report.json").read_text())
     reasons = {f["key"]: f["repair"]["reason"] for f in dry_report["entities"][0]["findings"]}
-    for p in big:
-        assert reasons[f"customers/{p.id}"] == ("firestore cannot hold this write: integer 1180591620717411303424 at "
-                                                "customAttributes.big is outside Firestore's 64-bit range")
-    for p in empty_key:
-        assert reasons[f"customers/{p.id}"] == ("firestore cannot hold this write: map key '' at customAttributes "
-                                                "is not a field name (empty, or not text)")
-    assert all(reasons[f"customers/{p.id}"] == "dry run: not applied (use --apply)" for p in people[30:])
+    cannot = "firestore cannot hold this write: "
+    assert {p.id: reasons[f"customers/{p.id}"] for p in bad} == {
+        **{p.id: cannot + "integer 1180591620717411303424 at customAttributes.big is outside Firestore's 64-bit range"
+           for p in big},
+        **{p.id: cannot + "map key '' at customAttributes is not a field name (empty, or not text)" for p in empty_key},
+        **{p.id: cannot + "map key '' at sources is not a field name (empty, or not text)" for p in empty_source}}
+    assert all(reasons[f"customers/{p.id}"] == "dry run: not applied (use --apply)" for p in good)
 
     r = runner.invoke(main, ["--config", str(config), "--entity", "customers", "--repair", "--apply", "--report-dir",
                              str(tmp_path / "apply"), "--no-progress"])
     assert r.exit_code == 3, r.output
     report = json.loads((tmp_path / "apply" / "report.json").read_text())
     got = {f["key"]: (f["repair"]["status"], f["repair"]["reason"]) for f in report["entities"][0]["findings"]}
-    assert got == {**{k: ("failed", why) for k, why in reasons.items() if why.startswith("firestore cannot hold")},
-                   **{f"customers/{p.id}": ("applied", "") for p in people[30:]}}
+    assert got == {**{k: ("failed", why) for k, why in reasons.items() if why.startswith(cannot)},
+                   **{f"customers/{p.id}": ("applied", "") for p in good}}
     assert report["entities"][0]["repair"]["done"] == 30 and report["entities"][0]["repair"]["failed"] == 30
-    assert {p.id: col.document(p.id).get().update_time for p in people[:30]} == before  # not written at all
-    assert all(col.document(p.id).get().to_dict()["lastName"] == p.document["lastName"] for p in people[30:])
+    assert {p.id: col.document(p.id).get().update_time for p in bad} == before  # not written at all
+    assert all(col.document(p.id).get().to_dict()["lastName"] == p.document["lastName"] for p in good)
     rows = trail(pg_dsn)
     assert sorted((r[0], r[1]) for r in rows) == sorted(
-        [(f"customers/{p.id}", "failed") for p in people[:30]] + [(f"customers/{p.id}", "applied") for p in people[30:]])
+        [(f"customers/{p.id}", "failed") for p in bad] + [(f"customers/{p.id}", "applied") for p in good])
 
 
 def test_a_value_the_client_cannot_encode_fails_that_write_alone(fs_client):
