@@ -7,22 +7,35 @@ What keeps it safe, in the order it happens:
   `max_repairs` records per entity are repaired, the rest are skipped.
 - Orphans (records only the written side has) are deleted only with `delete_orphans`; the report keeps a
   full copy of each deleted record.
-- Preconditions: just before writing, the source of truth is re-read and must map to exactly what the diff
-  saw. The written side must still be at the version the diff saw: Firestore writes carry the document's
-  update time (a create requires the document not to exist); Postgres writes run in a SERIALIZABLE
-  transaction that first re-reads the record and compares it, so a concurrent commit to anything read
-  aborts ours. A record that changed is skipped as `changed_during_run`, never overwritten.
-- Only mapped fields are written: Firestore updates name field paths (unmapped fields, also inside the
-  elements of rewritten arrays, are kept); Postgres writes only mapped columns, one transaction per record.
-- Every applied or failed write is recorded in `reconciler_repairs` (for Postgres-side repairs in the same
-  transaction as the write).
+- Preconditions: just before writing, the source of truth is re-read and must still equal what the diff saw,
+  under the diff's own equality (so NaN equals NaN, and a tolerance means the same as in the audit). The
+  written side must still be at the version the diff saw: Firestore writes carry the document's update time
+  (a create requires the document not to exist); Postgres writes run in a SERIALIZABLE transaction that first
+  re-reads the record and compares it the same way, so a concurrent commit to anything read aborts ours. A
+  record that changed is skipped as `changed_during_run`, never overwritten.
+- Only mapped fields are written, and only the truth's values: Firestore updates name field paths (unmapped
+  fields, also inside the elements of rewritten arrays, are kept; so is every part of a value written whole
+  that already equals the truth, in Firestore's own type); Postgres writes only mapped columns, one
+  transaction per record. A value Firestore cannot hold (an integer beyond int64, an empty map key...) fails
+  its record with the field path and why; the other records are repaired.
+- The audit trail (`reconciler_repairs`) is written ahead. Toward Firestore, a batch's rows are committed as
+  `pending` (with the update time each write requires) before Firestore sees the batch, then set to what
+  happened. A run holds a session advisory lock while it applies; at the start of an apply, pending rows of
+  runs whose lock is free (the process or its connection died between the write and its outcome; this run's
+  own rows after a reconnect) are settled by reading the documents back and reported. Toward Postgres the
+  row is written in the same transaction as the write, which is atomic: it is never pending.
+- An ambiguous Firestore commit (a deadline, a lost connection) is settled by reading the documents back,
+  never by a blind retry (see FirestoreWriter).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import json
+import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -33,18 +46,21 @@ from google.cloud.firestore_v1.field_path import FieldPath
 
 from reconciler import stop
 from reconciler.config import Settings
-from reconciler.diff import node_differs
+from reconciler.diff import diff_records, node_differs
 from reconciler.errors import MissingPrivileges, RuntimeFailure
 from reconciler.keys import Key, Scope
-from reconciler.mapping import (Branch, KeyedMap, KeyedSet, Node, PostgresMapper, canon, project,
+from reconciler.mapping import (Branch, KeyedMap, KeyedSet, Leaf, Node, PostgresMapper, canon, project,
                                 set_sort_key, shape_of, to_firestore, to_postgres)
-from reconciler.result import Counts, Finding, FindingKind, Repair, RepairAction, RepairStatus, RepairSummary
+from reconciler.result import (Counts, Finding, FindingKind, Repair, RepairAction, RepairStatus, RepairSummary,
+                               Resolved)
 from reconciler.rules.model import CompareOptions, DocumentSpec, EntityRules, Reference
 from reconciler.sources import Sides
 from reconciler.sources import postgres as pg_source
-from reconciler.sources.firestore import FirestoreWriter, FsDoc, FsWrite, key_problem
+from reconciler.sources.firestore import (FirestoreWriter, FsDoc, FsWrite, field_at, key_problem, name_problem,
+                                          stamp, write_problem)
 from reconciler.values import to_json
 
+log = logging.getLogger(__name__)
 CHANGED_DURING_RUN = "changed_during_run"
 DELETE = firestore.DELETE_FIELD
 
@@ -120,12 +136,18 @@ def repair_entity(rules: EntityRules, sides: Sides, settings: Settings, drifts: 
                        RepairSummary(target, options.apply, skipped=counts.drifted, refused=refused))
     plans = [_plan(rules, d, target, options) for d in drifts[:limit]]
     repairs: dict[str, Repair] = {}
+    resolved: tuple[Resolved, ...] = ()
     if options.apply:
         writer = _Applier(rules, sides, settings, run_id)
-        for batch in _batches(_apply_order(p for p in plans if p.writes or p.impossible), settings.repair.batch_size):
-            if stop.requested():  # between batches: every record is applied whole (and logged) or not at all
-                break
-            repairs.update(writer.apply(batch))
+        try:
+            resolved = writer.resolve_dead()
+            for batch in _batches(_apply_order(p for p in plans if p.writes or p.impossible),
+                                  settings.repair.batch_size):
+                if stop.requested():  # between batches: every record is applied whole (and logged) or not at all
+                    break
+                repairs.update(writer.apply(batch))
+        finally:
+            writer.close()
     for p in plans:
         if p.drift.finding.key not in repairs:
             status = RepairStatus.SKIPPED
@@ -140,7 +162,7 @@ def repair_entity(rules: EntityRules, sides: Sides, settings: Settings, drifts: 
                                                              "per entity (--max-repairs, repair.max_repairs)")
     return Outcome(repairs, others, RepairSummary(target, options.apply, planned=sum(p.writes for p in plans),
                                                   done=done, failed=failed, skipped=counts.drifted - done - failed,
-                                                  duration_s=time.monotonic() - started))
+                                                  duration_s=time.monotonic() - started, resolved=resolved))
 
 
 def _refusal(counts: Counts, max_ratio: float, force: bool) -> str | None:
@@ -182,6 +204,10 @@ def _plan(rules: EntityRules, d: Drift, target: str, options: Options) -> _Plan:
     return _plan_postgres(d, action)
 
 
+class _Unwritable(Exception):
+    """No Firestore write can say what the truth says here (the message names the field path and why)."""
+
+
 def _plan_firestore(rules: EntityRules, d: Drift, action: RepairAction) -> _Plan:
     problem = key_problem(d.key)  # a Postgres-only record whose key Firestore refuses: real drift, no repair
     if problem is not None:
@@ -191,14 +217,30 @@ def _plan_firestore(rules: EntityRules, d: Drift, action: RepairAction) -> _Plan
     if action == RepairAction.DELETE:
         assert d.firestore is not None
         return _Plan(d, action, fs=FsWrite(path, "delete", {}, d.firestore.update_time))
-    if action == RepairAction.CREATE:
-        return _Plan(d, action, fs=FsWrite(path, "create", overlay(shape, None, d.postgres or {})))
-    assert d.firestore is not None
-    updates: dict[str, Any] = {}
-    field_updates(shape, d.postgres, d.firestore_canonical, d.firestore.fields, (), rules.compare, updates)
-    if not updates:
-        return _Plan(d, RepairAction.SKIP, "nothing to write: the difference is not in a writable field")
-    return _Plan(d, action, fs=FsWrite(path, "update", updates, d.firestore.update_time))
+    try:
+        if action == RepairAction.CREATE:
+            write = FsWrite(path, "create", overlay(shape, None, d.postgres or {}))
+        else:
+            assert d.firestore is not None
+            updates: dict[str, Any] = {}
+            field_updates(shape, d.postgres, d.firestore_canonical, d.firestore.fields, (), rules.compare, updates)
+            if not updates:
+                return _Plan(d, RepairAction.SKIP, "nothing to write: the difference is not in a writable field")
+            write = FsWrite(path, "update", updates, d.firestore.update_time)
+        problem = write_problem(write)
+        if problem is not None:
+            raise _Unwritable(problem)
+    except _Unwritable as exc:  # the truth holds a value Firestore refuses: this record fails, the others go on
+        return _Plan(d, action, f"firestore cannot hold this write: {exc}", impossible=True)
+    return _Plan(d, action, fs=write)
+
+
+def _field_path(*parts: str) -> str:
+    for i, part in enumerate(parts):
+        problem = name_problem(part, ".".join(parts[:i]))
+        if problem is not None:
+            raise _Unwritable(problem)
+    return FieldPath(*parts).to_api_repr()
 
 
 def field_updates(node: Node, truth: Any, other: Any, raw: Any, path: tuple[str, ...], compare: CompareOptions,
@@ -207,7 +249,7 @@ def field_updates(node: Node, truth: Any, other: Any, raw: Any, path: tuple[str,
 
     Maps are descended into, so only differing mapped leaves are written; a value that has to be written
     whole (a leaf, an array compared as a set, a map element only one side has, a value of the wrong kind)
-    keeps the unmapped fields of what it replaces (see overlay()).
+    keeps the unmapped fields of what it replaces and its parts that already equal the truth (see overlay()).
     """
     if not node_differs(node, truth, other, compare):
         return
@@ -221,39 +263,54 @@ def field_updates(node: Node, truth: Any, other: Any, raw: Any, path: tuple[str,
             if k in t:
                 field_updates(node.element, t[k], o.get(k), raw.get(k), path + (k,), compare, out)
             else:  # an element the truth does not have is removed whole, as the diff reports it
-                out[FieldPath(*path, k).to_api_repr()] = DELETE
+                out[_field_path(*path, k)] = DELETE
     elif not path:
         raise AssertionError("a document's root is always a map")
     elif truth is None:
-        out[FieldPath(*path).to_api_repr()] = DELETE if compare.null_equals_absent else None
+        out[_field_path(*path)] = DELETE if compare.null_equals_absent else None
     else:
-        out[FieldPath(*path).to_api_repr()] = overlay(node, raw, truth)
+        out[_field_path(*path)] = overlay(node, raw, truth, other, compare)
 
 
-def overlay(node: Node, raw: Any, truth: Any) -> Any:
-    """`truth` (canonical) written in Firestore's types over `raw` (what Firestore holds now), keeping every
-    field of `raw` the rules do not map, also inside array elements matched by their set key."""
+def overlay(node: Node, raw: Any, truth: Any, other: Any = None, compare: CompareOptions | None = None) -> Any:
+    """`truth` (canonical) written in Firestore's types over `raw` (what Firestore holds now; `other` is its
+    canonical form), keeping every field of `raw` the rules do not map, also inside array elements matched by
+    their set key, and every part of `raw` that already equals the truth under the diff's rules (`compare`;
+    None for a create: nothing to keep) as it is, in Firestore's type: a Timestamp where the truth has the
+    same instant as text, an integer 1 where the truth says 1.0. Only the truth's values are written elsewhere."""
+    if compare is not None and raw is not None and not node_differs(node, truth, other, compare):
+        return raw
+    base = raw if isinstance(raw, dict) else {}
+    seen = other if isinstance(other, dict) else {}
     if isinstance(node, Branch) and isinstance(truth, dict):
-        out = dict(raw) if isinstance(raw, dict) else {}
+        out = dict(base)
         for name, child in node.children.items():
             if name in truth:
-                out[name] = overlay(child, out.get(name), truth[name])
+                out[name] = overlay(child, base.get(name), truth[name], seen.get(name), compare)
             else:
                 out.pop(name, None)
         return out
     if isinstance(node, KeyedMap) and isinstance(truth, dict):
-        base = raw if isinstance(raw, dict) else {}
-        return {k: overlay(node.element, base.get(k), v) for k, v in truth.items()}
+        return {k: overlay(node.element, base.get(k), v, seen.get(k), compare) for k, v in truth.items()}
     if isinstance(node, KeyedSet) and isinstance(truth, list):
         # elements Firestore has keep their place (the order means nothing, but is not ours to change);
         # elements it lacks are appended, elements the truth lacks are dropped
         wanted = {set_sort_key(t, node.key_fields): t for t in truth}
+        absent = compare.null_equals_absent if compare is not None else True
         out = []
         for element in raw if isinstance(raw, list) else ():
-            t = wanted.pop(set_sort_key(project(node.element, element, True), node.key_fields), None)
+            projected = project(node.element, element, absent)
+            t = wanted.pop(set_sort_key(projected, node.key_fields), None)
             if t is not None:
-                out.append(overlay(node.element, element, t))
+                out.append(overlay(node.element, element, t, projected, compare))
         return out + [overlay(node.element, None, t) for t in wanted.values()]
+    if isinstance(node, Leaf) and not node.geo and compare is not None:  # a free-form value (jsonb): part by part
+        if isinstance(truth, dict) and isinstance(raw, dict) and isinstance(other, dict):
+            return {k: overlay(node, raw[k], v, seen.get(k), compare) if k in raw else to_firestore(node, v)
+                    for k, v in truth.items()}
+        if isinstance(truth, list) and isinstance(raw, list) and isinstance(other, list) and \
+                len(truth) == len(raw) == len(other):
+            return [overlay(node, r, t, o, compare) for r, t, o in zip(raw, truth, other)]
     return to_firestore(node, truth)
 
 
@@ -365,29 +422,90 @@ CREATE TABLE IF NOT EXISTS {LOG_TABLE} (
   entity_type     TEXT NOT NULL,
   entity_id       TEXT NOT NULL,          -- the Firestore document path of the record
   operation       TEXT NOT NULL,          -- create | update | delete
-  postgres_status TEXT NOT NULL,          -- source | applied | failed
-  firestore_status TEXT NOT NULL,         -- source | applied | failed
+  -- source | pending (written ahead) | applied | failed | skipped (changed_during_run) | settled from pending:
+  -- not_applied (the write did not land) | unknown (the document changed since: overwritten, or never landed)
+  postgres_status TEXT NOT NULL,
+  firestore_status TEXT NOT NULL,
   data_snapshot   JSONB NOT NULL,         -- {{"before": ..., "after": ..., "writes": [...]}}
   error_message   TEXT,
   created_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
-  completed_at    TIMESTAMPTZ
+  completed_at    TIMESTAMPTZ,
+  firestore_precondition TEXT,            -- the update time the Firestore write required (RFC 3339); 'absent': a create
+  resolved_by     TEXT                    -- the run that settled this row from pending, when another run left it
 );
-CREATE INDEX IF NOT EXISTS {LOG_TABLE}_entity ON {LOG_TABLE} (entity_type, entity_id)
+CREATE INDEX IF NOT EXISTS {LOG_TABLE}_entity ON {LOG_TABLE} (entity_type, entity_id);
+CREATE INDEX IF NOT EXISTS {LOG_TABLE}_pending ON {LOG_TABLE} (entity_type, run_id) WHERE firestore_status = 'pending'
 """
+# A table made before the trail was written ahead: migrated in place, nothing lost.
+LOG_ADDED_COLUMNS = ("firestore_precondition", "resolved_by")
+LOG_MIGRATION = f"""
+ALTER TABLE {LOG_TABLE} ADD COLUMN IF NOT EXISTS firestore_precondition TEXT,
+                        ADD COLUMN IF NOT EXISTS resolved_by TEXT;
+CREATE INDEX IF NOT EXISTS {LOG_TABLE}_pending ON {LOG_TABLE} (entity_type, run_id) WHERE firestore_status = 'pending'
+"""
+ABSENT = "absent"  # the precondition of a create: the document does not exist
+PENDING = "pending"
 
 
 WRITE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")  # re-read, create, update, remove rows
+TRAIL_PRIVILEGES = ("SELECT", "UPDATE")  # toward Firestore the trail is written ahead, then settled
 
 
 def check_privileges(rules: list[EntityRules], sides: Sides) -> None:
     """Before anything is written: the Postgres role may write every table repair writes (when Postgres is
-    the written side) and record in the audit table (always). Raises naming every missing privilege."""
+    the written side) and record in the audit table (always; toward Firestore also read and update it), and
+    the session can really write: a role whose session is read-only (default_transaction_read_only, a
+    standby's DSN) has every privilege and still cannot. Raises naming every missing privilege, or the cause."""
     tables = {t: WRITE_PRIVILEGES for r in rules if r.written_side == "postgres" for t in r.tables()}
     missing = pg_source.missing_privileges(sides.pg, tables, LOG_TABLE)
+    ahead = any(r.written_side == "firestore" for r in rules)
+    if ahead:
+        missing += _missing_trail_privileges(sides.pg)
+    user = sides.pg.info.user
     if missing:
-        user = sides.pg.info.user
         raise MissingPrivileges(f"postgres: role {user!r} may not repair ({', '.join(r.entity for r in rules)}): "
                                 f"it lacks {'; '.join(missing)}. Nothing was written. See README, 'Least privilege'")
+    _prove_write(sides.pg, user, settle=ahead)
+
+
+def _missing_trail_privileges(conn: psycopg.Connection) -> list[str]:
+    if not conn.execute("SELECT to_regclass(%s) IS NOT NULL", [LOG_TABLE]).fetchone()[0]:
+        return []  # we create it: its owner has every privilege
+    missing = [f"{privilege} on table {LOG_TABLE}" for privilege in TRAIL_PRIVILEGES
+               if not conn.execute("SELECT has_table_privilege(%s, %s)", [LOG_TABLE, privilege]).fetchone()[0]]
+    conn.rollback()
+    return missing
+
+
+def _prove_write(conn: psycopg.Connection, user: str, *, settle: bool) -> None:
+    """Write a trail row (creating or migrating the table first when needed), settle it, and roll all of it
+    back: DDL is transactional, so this leaves nothing behind, and fails here, before the audit, where a
+    repair could not record what it writes."""
+    conn.rollback()
+    try:
+        _prepare_log(conn)
+        insert = (f"INSERT INTO {LOG_TABLE} (run_id, entity_type, entity_id, operation, postgres_status, "
+                  "firestore_status, data_snapshot) VALUES (%s, '', '', 'update', 'source', %s, '{}')")
+        if settle:  # RETURNING and the UPDATE need SELECT on the table, which only a written-ahead trail needs
+            row = conn.execute(insert + " RETURNING id", ["write-check", PENDING]).fetchone()[0]
+            conn.execute(f"UPDATE {LOG_TABLE} SET firestore_status = 'applied' WHERE id = %s", [row])
+        else:
+            conn.execute(insert, ["write-check", "applied"])
+    except psycopg.Error as exc:
+        why = " ".join(str(exc).split())
+        if exc.sqlstate == "25006":  # read_only_sql_transaction
+            why += (" (this session is read-only: default_transaction_read_only is on for the role or the database,"
+                    " or the DSN names a standby; repair needs a session that can write, on the primary)")
+        raise MissingPrivileges(f"postgres: role {user!r} cannot write the repair audit trail {LOG_TABLE}: {why}. "
+                                "Nothing was written") from None
+    finally:
+        if not pg_source.lost(conn):
+            conn.rollback()
+
+
+def _lock_key(run_id: str) -> int:
+    """The session advisory lock a run holds while it applies: while it is held, the run's pending rows are its own."""
+    return int.from_bytes(hashlib.sha256(f"{LOG_TABLE}:{run_id}".encode()).digest()[:8], "big", signed=True)
 
 
 class _Applier:
@@ -396,7 +514,23 @@ class _Applier:
         self.fs = FirestoreWriter(sides.fs)
         self.target = rules.written_side
         self.itersize = settings.postgres.itersize
+        self.batch_size = settings.repair.batch_size
+        self.shapes: dict[int, Branch] = {}
         ensure_log(self.pg)
+        # Not acquired: an earlier connection of this run still holds it (the server has not yet noticed that
+        # connection is gone); it marks this run as applying just as well.
+        self.locked = bool(self.pg.execute("SELECT pg_try_advisory_lock(%s)", [_lock_key(run_id)]).fetchone()[0])
+        self.pg.commit()
+
+    def close(self) -> None:
+        if not self.locked or pg_source.lost(self.pg):
+            return
+        try:
+            self.pg.rollback()
+            self.pg.execute("SELECT pg_advisory_unlock(%s)", [_lock_key(self.run_id)])
+            self.pg.commit()
+        except psycopg.Error:
+            pass  # the connection went: the lock went with it
 
     def apply(self, batch: list[_Plan]) -> dict[str, Repair]:
         impossible = [p for p in batch if p.impossible]
@@ -409,27 +543,41 @@ class _Applier:
             out.update(self._to_firestore(batch) if self.target == "firestore" else self._to_postgres(batch))
         return out
 
-    # ---- toward Firestore: the Postgres truth re-read in one snapshot, the writes in one batch
+    def _differs(self, doc: DocumentSpec, now: dict[str, Any] | None, seen: dict[str, Any] | None) -> bool:
+        """The precondition's equality is the diff's: a record the diff would call equal has not changed."""
+        shape = self.shapes.get(id(doc))
+        if shape is None:
+            shape = self.shapes[id(doc)] = shape_of(doc)
+        return (now is None) != (seen is None) or bool(diff_records(shape, now, seen, self.rules.compare))
+
+    # ---- toward Firestore: the Postgres truth re-read in one snapshot, the trail written ahead, one batch
 
     def _to_firestore(self, batch: list[_Plan]) -> dict[str, Repair]:
         fresh = self._reread_postgres(batch)
         out: dict[str, Repair] = {}
         ready = []
         for p in batch:
-            if fresh.get(p.drift.key) != p.drift.postgres:
+            if self._differs(p.drift.doc, fresh.get(p.drift.key), p.drift.postgres):
                 out[p.drift.finding.key] = _changed(p, "postgres (the source of truth) changed since it was read")
             else:
                 ready.append(p)
+        if not ready:
+            return out
+        rows = self._trail_ahead(ready)  # committed before Firestore sees a write: whatever lands has its row
         outcomes = self.fs.commit([p.fs for p in ready])  # type: ignore[misc]
-        logged = []
-        for p, (status, message) in zip(ready, outcomes):
+        settled = []
+        for p, row, (status, message) in zip(ready, rows, outcomes):
+            key = p.drift.finding.key
             if status == "changed":
-                out[p.drift.finding.key] = _changed(p, f"firestore changed since it was read ({message})")
-                continue
-            out[p.drift.finding.key] = _done(p, status, message, self._deleted_fs(p))
-            logged.append((p, status, message))
-        self._log(logged)
-        self.pg.commit()
+                out[key] = _changed(p, f"firestore changed since it was read ({message})")
+                settled.append((row, "skipped", out[key].reason))
+            elif status == "unknown":  # the row stays pending: the next apply reads the document again
+                out[key] = _done(p, "failed", f"{message}; its trail row stays {PENDING} until an apply settles it",
+                                 None)
+            else:
+                out[key] = _done(p, status, message, self._deleted_fs(p))
+                settled.append((row, status, message))
+        self._settle(settled)
         return out
 
     def _deleted_fs(self, p: _Plan) -> Any:
@@ -478,7 +626,7 @@ class _Applier:
             for key, raw in reader.stream(doc, Scope(ids=(p.drift.key[0],))):
                 if key == p.drift.key:
                     current = mapper.record(*raw)
-            if current != p.drift.postgres:
+            if self._differs(doc, current, p.drift.postgres):
                 self.pg.rollback()
                 return _changed(p, "postgres changed since it was read")
             if p.action == RepairAction.DELETE:
@@ -488,7 +636,7 @@ class _Applier:
                     pg_source.upsert_row(self.pg, w.table, w.key, w.values, self.schema.get(w.table, {}))
                 else:
                     pg_source.delete_rows(self.pg, w.table, w.key)
-            self._log([(p, "applied", "")])
+            self._log([(p, "applied", "")])  # in the write's own transaction: both commit, or neither
             self.pg.commit()
         except psycopg.errors.SerializationFailure:
             self.pg.rollback()
@@ -503,42 +651,196 @@ class _Applier:
 
     # ---- the audit trail
 
+    def _row(self, p: _Plan, status: str) -> tuple[str, str, str, str, str, str]:
+        """(entity_id, operation, postgres_status, firestore_status, data_snapshot as JSON, precondition)."""
+        statuses = {self.rules.source_of_truth: "source", self.target: status}
+        before = p.drift.firestore_canonical if self.target == "firestore" else p.drift.postgres
+        after = None if p.action == RepairAction.DELETE else (
+            p.drift.postgres if self.target == "firestore" else p.drift.firestore_canonical)
+        snapshot = _trail_json({"before": to_json(before), "after": to_json(after), "writes": list(p.shown)})
+        precondition = None
+        if p.fs is not None:
+            precondition = ABSENT if p.fs.op == "create" else stamp(p.fs.update_time)
+        return (p.drift.finding.key, p.action.value, statuses["postgres"], statuses["firestore"], snapshot,
+                precondition)
+
     def _log(self, entries: list[tuple[_Plan, str, str]]) -> None:
+        """Rows of writes whose outcome is known as they are recorded (failed plans; writes toward Postgres)."""
         if not entries:
             return
         now = dt.datetime.now(dt.timezone.utc)
-        rows = []
-        for p, status, message in entries:
-            statuses = {self.rules.source_of_truth: "source", self.target: status}
-            before = p.drift.firestore_canonical if self.target == "firestore" else p.drift.postgres
-            after = None if p.action == RepairAction.DELETE else (
-                p.drift.postgres if self.target == "firestore" else p.drift.firestore_canonical)
-            snapshot = pg_source.jsonb_safe({"before": to_json(before), "after": to_json(after), "writes": list(p.shown)})
-            rows.append((self.run_id, self.rules.entity, p.drift.finding.key, p.action.value,
-                         statuses["postgres"], statuses["firestore"], json.dumps(snapshot, default=str),
-                         message or None, now if status == "applied" else None))
+        rows = [(self.run_id, self.rules.entity, *self._row(p, status), message or None,
+                 now if status == "applied" else None) for p, status, message in entries]
+        self._trail_sql("record", [r[2] for r in rows], lambda cur: cur.executemany(
+            f"INSERT INTO {LOG_TABLE} (run_id, entity_type, entity_id, operation, postgres_status, firestore_status, "
+            "data_snapshot, firestore_precondition, error_message, completed_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s)", rows))
+
+    def _trail_ahead(self, plans: list[_Plan]) -> list[int]:
+        """One `pending` row per write, sent in one pipeline (one round trip), committed; their ids, in order.
+        (One INSERT of text arrays would cost more: psycopg escapes every quote of the snapshots for them.)"""
+        rows = [(self.run_id, self.rules.entity, *self._row(p, PENDING)) for p in plans]
+        ids: list[int] = []
+
+        def insert(cur: psycopg.Cursor[Any]) -> None:
+            cur.executemany(f"INSERT INTO {LOG_TABLE} (run_id, entity_type, entity_id, operation, postgres_status, "
+                            "firestore_status, data_snapshot, firestore_precondition) "
+                            "VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s) RETURNING id", rows, returning=True)
+            while True:
+                ids.append(cur.fetchone()[0])
+                if not cur.nextset():
+                    break
+
+        self._trail_sql("record ahead", [r[2] for r in rows], insert)
+        self.pg.commit()
+        return ids
+
+    def _settle(self, entries: list[tuple[int, str, str]], resolved_by: str | None = None) -> set[int]:
+        """Pending rows -> what happened (one statement, committed); the ids of the rows that were still pending."""
+        if not entries:
+            return set()
+        done: set[int] = set()
+
+        def update(cur: psycopg.Cursor[Any]) -> None:
+            cur.execute(f"UPDATE {LOG_TABLE} AS t SET firestore_status = u.status, error_message = u.message, "
+                        "completed_at = CASE WHEN u.status = 'applied' THEN now() END, resolved_by = %s "
+                        "FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS u(id, status, message) "
+                        f"WHERE t.id = u.id AND t.firestore_status = '{PENDING}' RETURNING t.id",
+                        [resolved_by, [e[0] for e in entries], [e[1] for e in entries],
+                         [e[2] or None for e in entries]])
+            done.update(r[0] for r in cur.fetchall())
+
+        self._trail_sql("settle", [str(e[0]) for e in entries], update)
+        self.pg.commit()
+        return done
+
+    def _trail_sql(self, what: str, keys: list[str], run: Any) -> None:
         try:
             with self.pg.cursor() as cur:
-                cur.executemany(
-                    f"INSERT INTO {LOG_TABLE} (run_id, entity_type, entity_id, operation, postgres_status, "
-                    "firestore_status, data_snapshot, error_message, completed_at) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)", rows)
+                run(cur)
         except psycopg.Error as exc:
-            raise RuntimeFailure(f"postgres: cannot record {len(rows)} repairs in {LOG_TABLE} "
-                                 f"({', '.join(r[2] for r in rows[:3])}...): {' '.join(str(exc).split())}") from None
+            raise RuntimeFailure(f"postgres: cannot {what} {len(keys)} repairs in {LOG_TABLE} "
+                                 f"({', '.join(keys[:3])}...): {' '.join(str(exc).split())}") from None
+
+    def resolve_dead(self) -> tuple[Resolved, ...]:
+        """Settle the pending rows of runs that are no longer applying (their lock is free; this run's own
+        rows after a reconnect: its earlier connection and lock are gone) by reading each document back: still
+        at the version the write required -> not_applied; holding exactly the write -> applied; changed in
+        another way -> unknown (overwritten since, or never landed). Each is logged and returned for the report."""
+        if self.target != "firestore":
+            return ()  # toward Postgres a trail row commits with its write: never pending
+        runs = [r for (r,) in self.pg.execute(f"SELECT DISTINCT run_id FROM {LOG_TABLE} WHERE entity_type = %s "
+                                              f"AND firestore_status = '{PENDING}'", [self.rules.entity])]
+        dead = [r for r in runs if r == self.run_id or self._lock_free(r)]
+        rows = self.pg.execute(f"SELECT id, run_id, entity_id, operation, data_snapshot, firestore_precondition "
+                               f"FROM {LOG_TABLE} WHERE entity_type = %s AND firestore_status = '{PENDING}' "
+                               "AND run_id = ANY(%s) ORDER BY id", [self.rules.entity, dead]).fetchall() if dead else []
+        self.pg.commit()
+        out = []
+        for chunk in (rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)):
+            docs = self.fs.read([r[2] for r in chunk])
+            verdicts = [(r, *_resolution(r[3], (r[4] or {}).get("writes") or [{}], r[5], docs[r[2]])) for r in chunk]
+            settled = self._settle([(r[0], status, why) for r, status, why in verdicts], resolved_by=self.run_id)
+            for (row_id, run, path, operation, _, _), status, why in verdicts:
+                if row_id not in settled:
+                    continue  # settled meanwhile by another run starting
+                log.warning("%s: repair %s %s of run %s was left %s: %s (%s)", self.rules.entity, operation, path, run,
+                            PENDING, status, why, extra={"entity": self.rules.entity, "key": path})
+                out.append(Resolved(run, path, RepairAction(operation), status, why))
+        return tuple(out)
+
+    def _lock_free(self, run_id: str) -> bool:
+        key = _lock_key(run_id)
+        free = bool(self.pg.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()[0])
+        if free:
+            self.pg.execute("SELECT pg_advisory_unlock(%s)", [key])
+        self.pg.commit()
+        return free
+
+
+def _resolution(operation: str, writes: list[dict[str, Any]], precondition: str | None,
+                doc: FsDoc | None) -> tuple[str, str]:
+    """What became of a write left pending, from the document as it is now (see resolve_dead)."""
+    if (doc is None) if precondition == ABSENT else (doc is not None and stamp(doc.update_time) == precondition):
+        return "not_applied", "the write did not land: the document is still as it was when the write was planned"
+    if _holds(writes[0], doc):
+        return "applied", "the write landed: the document holds exactly what it wrote"
+    return "unknown", "the document changed since and does not hold this write: overwritten since, or it never landed"
+
+
+def _holds(write: dict[str, Any], doc: FsDoc | None) -> bool:
+    """Whether the document holds the write as the trail recorded it (JSON: see _shown)."""
+    if write.get("op") == "delete":
+        return doc is None
+    if doc is None:
+        return False
+    if write.get("op") == "create":
+        return _same_json(_stored(doc.fields), write.get("document"))
+    for path, value in (write.get("set") or {}).items():
+        found, got = field_at(doc.fields, path)
+        if not found or not _same_json(_stored(got), value):
+            return False
+    return not any(field_at(doc.fields, path)[0] for path in write.get("delete") or ())
+
+
+def _trail_json(value: Any) -> str:
+    """JSON jsonb takes: NUL characters and non-finite numbers (NaN in a GeoPoint...) written as text."""
+    value = pg_source.jsonb_safe(value)
+    try:
+        return json.dumps(value, default=str, allow_nan=False)
+    except ValueError:  # rare: walk the value only then
+        return json.dumps(_finite(value), default=str, allow_nan=False)
+
+
+def _stored(value: Any) -> Any:
+    """A Firestore value in the form the trail keeps it in."""
+    return json.loads(_trail_json(to_json(canon(value))))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """Equal as the trail keeps values: numbers by value (jsonb may print 1e300 with every digit)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_json(v, b[k]) for k, v in a.items())
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(_same_json, a, b))
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
+        return float(a) == float(b)
+    return type(a) is type(b) and a == b
+
+
+def _prepare_log(conn: psycopg.Connection) -> None:
+    """Create the trail table, or migrate an older one in place, in the current transaction."""
+    missing, present = conn.execute(
+        "SELECT to_regclass(%s) IS NULL, (SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+        "AND attname = ANY(%s) AND NOT attisdropped)", [LOG_TABLE, LOG_TABLE, list(LOG_ADDED_COLUMNS)]).fetchone()
+    if missing:
+        conn.execute(LOG_DDL)
+    elif present < len(LOG_ADDED_COLUMNS):
+        conn.execute(LOG_MIGRATION)
 
 
 def ensure_log(conn: psycopg.Connection) -> None:
     conn.rollback()
     try:
         # CREATE ... IF NOT EXISTS needs CREATE on the schema even when the table exists: a role that may only
-        # insert into an existing audit table must not be asked for it
-        if conn.execute("SELECT to_regclass(%s) IS NULL", [LOG_TABLE]).fetchone()[0]:
-            conn.execute(LOG_DDL)
+        # insert into an existing audit table must not be asked for it (so _prepare_log looks first)
+        _prepare_log(conn)
         conn.commit()
     except psycopg.Error as exc:
         conn.rollback()
-        raise RuntimeFailure(f"postgres: cannot create the repair audit table {LOG_TABLE}: "
+        raise RuntimeFailure(f"postgres: cannot create or migrate the repair audit table {LOG_TABLE} (an older "
+                             f"table is migrated by its owner: `reconcile init-db`): "
                              f"{' '.join(str(exc).split())}") from None
 
 

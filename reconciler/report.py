@@ -95,7 +95,9 @@ def _sweep_dict(s: Sweep) -> dict[str, Any]:
 
 def _summary_dict(r: RepairSummary) -> dict[str, Any]:
     return {"target": r.target, "applied": r.applied, "planned": r.planned, "done": r.done, "skipped": r.skipped,
-            "failed": r.failed, "refused": r.refused, "duration_s": round(r.duration_s, 3)}
+            "failed": r.failed, "refused": r.refused, "duration_s": round(r.duration_s, 3),
+            "resolved": [{"run_id": x.run_id, "key": x.key, "action": x.action.value, "status": x.status,
+                          "reason": x.reason} for x in r.resolved]}
 
 
 def _finding_dict(f: Finding) -> dict[str, Any]:
@@ -223,6 +225,7 @@ def _entity_view(e: dict[str, Any], anchors: set[str]) -> dict[str, Any]:
         "shown": len(findings),
         "truncated": bool(e.get("findings_truncated")),
         "repair": _repair_summary_text(e.get("repair")),
+        "resolved": _resolved_lines(e.get("repair")),
     }
 
 
@@ -236,6 +239,14 @@ def _repair_summary_text(r: Any) -> str | None:
         return f"Repair toward {target}, dry run: {_int(r.get('planned')):,} records would be written; nothing was."
     return (f"Repair toward {target}: {_int(r.get('done')):,} applied, {_int(r.get('skipped')):,} skipped, "
             f"{_int(r.get('failed')):,} failed.")
+
+
+def _resolved_lines(r: Any) -> list[str]:
+    """The writes earlier runs left pending in the audit trail, as this run settled them."""
+    if not isinstance(r, dict):
+        return []
+    return [f"{x.get('action')} {x.get('key')} (run {x.get('run_id')}): {x.get('status')}: {x.get('reason')}"
+            for x in r.get("resolved") or () if isinstance(x, dict)]
 
 
 KIND_LABELS = {

@@ -74,6 +74,18 @@ class Counts:
 
 
 @dataclass(frozen=True)
+class Resolved:
+    """A repair write an earlier run left `pending` in the audit trail (it died between sending the write and
+    recording what happened), settled at the start of this run's apply by reading the document back."""
+
+    run_id: str  # the run that sent the write
+    key: str  # the document path
+    action: RepairAction
+    status: str  # applied | not_applied (it did not land) | unknown (the document changed in another way since)
+    reason: str
+
+
+@dataclass(frozen=True)
 class RepairSummary:
     target: str  # the side written: the one that is not the source of truth
     applied: bool  # False: a dry run, nothing written
@@ -83,6 +95,7 @@ class RepairSummary:
     failed: int = 0
     refused: str | None = None  # why nothing was repaired (blast-radius guard); the run then fails
     duration_s: float = 0.0  # planning and applying, after the audit
+    resolved: tuple[Resolved, ...] = ()  # pending trail rows of earlier runs, settled by this one
 
     @property
     def clean(self) -> bool:

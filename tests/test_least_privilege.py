@@ -17,6 +17,8 @@ from reconciler.repair import LOG_DDL, LOG_TABLE
 
 ROOT = Path(__file__).parents[1]
 ORDER_TABLES = ("orders", "order_line_items", "order_customers", "order_fulfillments")
+FIRESTORE_TRAIL_GRANTS = (f"GRANT SELECT, INSERT, UPDATE ON {LOG_TABLE} TO {{role}}",
+                          f"GRANT USAGE ON SEQUENCE {LOG_TABLE}_id_seq TO {{role}}")
 
 
 @pytest.fixture
@@ -85,9 +87,8 @@ def test_select_only_role_audits_and_cannot_repair_toward_firestore(customers_lo
     assert "CREATE" not in res.output and "table customers" not in res.output  # Postgres is not written
     assert ref.get().to_dict()["metrics"]["totalOrders"] == -1
 
-    # the README's grants for a repair toward Firestore are enough
-    repairer = make_role("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}",
-                         f"GRANT INSERT ON {LOG_TABLE} TO {{role}}", f"GRANT USAGE ON SEQUENCE {LOG_TABLE}_id_seq TO {{role}}")
+    # the README's grants for a repair toward Firestore are enough (its trail is written ahead, then settled)
+    repairer = make_role("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}", *FIRESTORE_TRAIL_GRANTS)
     res = _invoke(repairer, rules, "--entity", "customers", "--repair", "--apply")
     assert res.exit_code == 0, res.output
     assert ref.get().to_dict()["metrics"]["totalOrders"] != -1
@@ -123,3 +124,30 @@ def test_select_only_role_cannot_repair_toward_postgres(orders_loaded, fs_client
     res = _invoke(writer, rules, "--entity", "orders", "--repair", "--apply", "--delete-orphans", "--force")
     assert res.exit_code == 0, res.output
     assert _invoke(writer, rules, "--entity", "orders").exit_code == 0
+
+
+def test_a_read_only_session_is_refused_before_anything_is_written(customers_loaded, fs_client, pg_dsn, make_role,
+                                                                   tmp_path):
+    """A role with every grant whose sessions are read-only (a replica's DSN, default_transaction_read_only):
+    the privilege check alone passes it; proving a write of the trail does not."""
+    settings, people = customers_loaded
+    refs = [fs_client.collection("customers").document(p.id) for p in people[:3]]
+    for ref in refs:
+        ref.update({"metrics.totalOrders": -1})
+    before = [ref.get().update_time for ref in refs]
+    _grant(pg_dsn, LOG_DDL)
+    ro = make_role("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}", *FIRESTORE_TRAIL_GRANTS,
+                   "ALTER ROLE {role} SET default_transaction_read_only = on")
+    res = _invoke(ro, ROOT / "rules", "--entity", "customers", "--repair", "--apply", "--force")
+    assert res.exit_code == 3, res.output
+    assert f"cannot write the repair audit trail {LOG_TABLE}" in res.output, res.output
+    assert "read-only" in res.output and "Nothing was written" in res.output
+    assert [ref.get().update_time for ref in refs] == before  # Firestore untouched
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute(f"SELECT count(*) FROM {LOG_TABLE}").fetchone()[0] == 0
+
+    # no trail table yet: the check creates one inside the transaction it rolls back, and is refused the same way
+    _grant(pg_dsn, f"DROP TABLE {LOG_TABLE}", "GRANT CREATE ON SCHEMA public TO PUBLIC")
+    res = _invoke(ro, ROOT / "rules", "--entity", "customers", "--repair", "--apply", "--force")
+    assert res.exit_code == 3 and "read-only" in res.output, res.output
+    assert [ref.get().update_time for ref in refs] == before and not _log_exists(pg_dsn)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import re
 import time
@@ -20,9 +21,12 @@ from typing import Any, Callable, Iterator, Literal, NamedTuple
 from google.api_core import exceptions as gexc
 from google.api_core import retry
 from google.cloud import firestore
+from google.cloud.firestore_v1 import GeoPoint
 from google.cloud.firestore_v1 import _helpers as fs_helpers
 from google.cloud.firestore_v1.base_document import DocumentSnapshot
 from google.cloud.firestore_v1.base_query import FieldFilter
+from google.cloud.firestore_v1.document import DocumentReference
+from google.cloud.firestore_v1.field_path import FieldPath
 from google.protobuf.timestamp_pb2 import Timestamp
 from proto.datetime_helpers import DatetimeWithNanoseconds
 
@@ -65,8 +69,13 @@ class FsWrite:
 # (with its default retry it fails with an AttributeError of its own, google-cloud-firestore 2.34).
 NO_RETRY = retry.Retry(predicate=lambda exc: False)
 MAX_READ_AGE_S = 3000.0  # Firestore keeps versions for 1 hour (7 days with point-in-time recovery): margin kept
-WriteOutcome = tuple[Literal["applied", "changed", "failed"], str]
+# "unknown": an ambiguous error, and the document could not be read back to settle it
+WriteOutcome = tuple[Literal["applied", "changed", "failed", "unknown"], str]
 CHANGED = (gexc.FailedPrecondition, gexc.NotFound, gexc.AlreadyExists)  # a precondition did not hold
+# A commit that raised one of these may have been applied all the same (the reply was lost): read back.
+AMBIGUOUS = (*TRANSIENT, gexc.Unknown, gexc.Cancelled, gexc.GatewayTimeout)
+# Refused as a whole: by the server, or by the client while encoding a value (nothing was sent)
+REFUSED = (gexc.GoogleAPICallError, ValueError, TypeError)
 TEXT_SLACK = dt.timedelta(hours=14)  # a local time is at most 12 h behind UTC (offsets -12:00 to +14:00): margin kept
 
 
@@ -344,10 +353,17 @@ class FirestoreReader:
 
 
 class FirestoreWriter:
-    """Reads documents by path and commits writes with their preconditions, reporting each write's outcome."""
+    """Reads documents by path and commits writes with their preconditions, reporting each write's outcome.
+
+    A commit is sent once, never retried blindly: an error that leaves its outcome open (a deadline, an
+    unavailable server, a reset connection: AMBIGUOUS) may come after the server applied it, and a blind retry
+    would then fail its own precondition and call our write someone else's. After such an error the documents
+    are read back: one that holds exactly the write landed; one still at the version the write required did
+    not, and is sent again; any other changed since it was read."""
 
     def __init__(self, client: firestore.Client, *, retries: int = 5) -> None:
         self.client = client
+        self.retries = retries
         self.reader = FirestoreReader(client, retries=retries)
 
     def read(self, paths: list[str]) -> dict[str, FsDoc | None]:
@@ -359,30 +375,67 @@ class FirestoreWriter:
         return {p: (_doc(found[p]) if p in found and found[p].exists else None) for p in paths}
 
     def commit(self, writes: list[FsWrite]) -> list[WriteOutcome]:
-        """All writes in one atomic batch; if Firestore refuses the batch, each write alone, so that one
-        document that changed since it was read does not hold back the others."""
-        if not writes:
-            return []
-        if len(writes) == 1:
-            return [self._one(writes[0])]
-        try:
-            self._batch(writes)
-            return [("applied", "")] * len(writes)
-        except (gexc.GoogleAPICallError, RuntimeFailure):
+        """All writes in one atomic batch; if Firestore (or the client, encoding them) refuses the batch, each
+        write alone, so that one document that changed since it was read, or one value the client cannot
+        encode, does not hold back the others."""
+        if len(writes) <= 1:
             return [self._one(w) for w in writes]
+        ambiguous: Exception | None = None
+        for attempt in range(1, self.retries + 2):
+            try:
+                self._send(writes)
+                return [("applied", _after(ambiguous))] * len(writes)
+            except AMBIGUOUS as exc:
+                ambiguous = exc
+            except REFUSED:
+                return [self._one(w, ambiguous) for w in writes]
+            now = self._read_back(writes)
+            if now is None:
+                return [_unknown(ambiguous)] * len(writes)
+            held = [holds(w, now[w.path]) for w in writes]
+            if all(held):
+                return [("applied", _after(ambiguous))] * len(writes)
+            if not all(untouched(w, now[w.path]) for w in writes):  # not one batch's outcome: settle each alone
+                return [("applied", _after(ambiguous)) if h else self._one(w, ambiguous) for w, h in zip(writes, held)]
+            if attempt <= self.retries:
+                self.reader._wait(attempt, ambiguous)
+        return [_gave_up(ambiguous, self.retries)] * len(writes)
 
-    def _one(self, write: FsWrite) -> WriteOutcome:
+    def _one(self, write: FsWrite, ambiguous: Exception | None = None) -> WriteOutcome:
+        """`ambiguous`: an error after which an earlier attempt of this write may have landed."""
+        for attempt in range(1, self.retries + 2):
+            try:
+                self._send([write])
+                return ("applied", _after(ambiguous))
+            except AMBIGUOUS as exc:
+                ambiguous = exc
+            except REFUSED as exc:
+                if ambiguous is not None:  # our own earlier attempt may be what changed the document
+                    now = self._read_back([write])
+                    if now is not None and holds(write, now[write.path]):
+                        return ("applied", _after(ambiguous))
+                return ("changed" if isinstance(exc, CHANGED) else "failed", _one_line(exc))
+            now = self._read_back([write])
+            if now is None:
+                return _unknown(ambiguous)
+            if holds(write, now[write.path]):
+                return ("applied", _after(ambiguous))
+            if not untouched(write, now[write.path]):
+                return ("changed", f"changed since it was read; read back after {_one_line(ambiguous)}")
+            if attempt <= self.retries:
+                self.reader._wait(attempt, ambiguous)
+        return _gave_up(ambiguous, self.retries)
+
+    def _read_back(self, writes: list[FsWrite]) -> dict[str, FsDoc | None] | None:
+        """The documents now; None when they cannot be read either (the outcome then stays open)."""
         try:
-            self._batch([write])
-            return ("applied", "")
-        except CHANGED as exc:
-            return ("changed", _one_line(exc))
-        except (gexc.GoogleAPICallError, RuntimeFailure) as exc:
-            return ("failed", _one_line(exc))
+            return self.read([w.path for w in writes])
+        except RuntimeFailure:
+            return None
 
-    def _batch(self, writes: list[FsWrite]) -> None:
+    def _send(self, writes: list[FsWrite]) -> None:
         batch = self.client.batch()
-        for w in writes:
+        for w in writes:  # the client encodes each value here: a value it cannot encode raises before sending
             ref = self.client.document(w.path)
             option = self.client.write_option(last_update_time=w.update_time) if w.update_time else None
             if w.op == "create":
@@ -391,4 +444,152 @@ class FirestoreWriter:
                 batch.update(ref, w.fields, option=option)
             else:
                 batch.delete(ref, option=option)
-        self.reader.call(batch.commit, passthrough=(*CHANGED, gexc.InvalidArgument))
+        batch.commit(retry=None)  # the client's own retry would resend after an ambiguous error: see the class doc
+
+
+def _after(ambiguous: Exception | None) -> str:
+    return "" if ambiguous is None else f"confirmed by reading the document back after {_one_line(ambiguous)}"
+
+
+def _unknown(ambiguous: Exception | None) -> WriteOutcome:
+    return ("unknown", f"outcome unknown: {_one_line(ambiguous) if ambiguous else 'no reply'}, and the document "
+                       "could not be read back")
+
+
+def _gave_up(ambiguous: Exception | None, retries: int) -> WriteOutcome:
+    return ("failed", f"{_one_line(ambiguous) if ambiguous else 'no reply'} (after {retries} retries; not applied: "
+                      "the document shows no write)")
+
+
+def holds(write: FsWrite, doc: FsDoc | None) -> bool:
+    """Whether the document holds exactly what the write wrote (a delete: it is gone), as Firestore stores
+    it: an integer is no double and no boolean, NaN is NaN."""
+    if write.op == "delete":
+        return doc is None
+    if doc is None:
+        return False
+    if write.op == "create":
+        return _same(write.fields, doc.fields)
+    for path, value in write.fields.items():
+        found, got = field_at(doc.fields, path)
+        if value is firestore.DELETE_FIELD:
+            if found:
+                return False
+        elif not found or not _same(value, got):
+            return False
+    return True
+
+
+def untouched(write: FsWrite, doc: FsDoc | None) -> bool:
+    """Whether the document is still at the version the write required: then the write did not land."""
+    if write.op == "create":
+        return doc is None
+    return doc is not None and stamp(doc.update_time) == stamp(write.update_time)  # to the nanosecond
+
+
+def stamp(update_time: Any) -> str:
+    """An update time as RFC 3339 text, to the nanosecond (the form the trail keeps a precondition in)."""
+    if isinstance(update_time, DatetimeWithNanoseconds):
+        return update_time.rfc3339()
+    return update_time.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def field_at(fields: dict[str, Any], path: str) -> tuple[bool, Any]:
+    """(whether the document has the field at this field path (API form: `a.b`, quoted parts), its value)."""
+    value: Any = fields
+    for part in FieldPath.from_api_repr(path).parts:
+        if not isinstance(value, dict) or part not in value:
+            return False, None
+        value = value[part]
+    return True, value
+
+
+def _same(sent: Any, got: Any) -> bool:
+    if isinstance(sent, dict) and isinstance(got, dict):
+        return sent.keys() == got.keys() and all(_same(v, got[k]) for k, v in sent.items())
+    if isinstance(sent, (list, tuple)) and isinstance(got, list):
+        return len(sent) == len(got) and all(map(_same, sent, got))
+    if isinstance(sent, dt.datetime) and isinstance(got, dt.datetime):  # DatetimeWithNanoseconds comes back
+        return sent == got
+    if isinstance(sent, float) and isinstance(got, float) and math.isnan(sent):
+        return math.isnan(got)
+    return type(sent) is type(got) and sent == got
+
+
+# ------------------------------------------------------------------------------------------ what Firestore holds
+
+INT64 = range(-(2**63), 2**63)
+
+
+def value_problem(value: Any) -> str | None:
+    """Why Firestore cannot hold this value as the client would send it, or None. An allow-list of what it
+    holds (None, bool, int64, float, str, bytes, an aware datetime, GeoPoint, DocumentReference, arrays, maps);
+    anything else (a Decimal, a date, a type for Postgres-only values, values.Geo and values.Ref, which the
+    client would send as arrays) is refused, naming where in the value and why."""
+    return _problem(value, "")
+
+
+def _problem(v: Any, where: str) -> str | None:
+    at = f" at {where}" if where else ""
+    if v is None or isinstance(v, (bool, float, bytes, GeoPoint, DocumentReference)):
+        return None
+    if isinstance(v, int):
+        return None if v in INT64 else f"integer {v}{at} is outside Firestore's 64-bit range"
+    if isinstance(v, str):
+        return _text_problem(v, at)
+    if isinstance(v, dt.datetime):
+        return None if v.tzinfo is not None else f"timestamp {v.isoformat()}{at} has no time zone"
+    if isinstance(v, list):
+        for i, item in enumerate(v):
+            if isinstance(item, list):
+                return f"an array{at}[{i}] is inside an array"
+            problem = _problem(item, f"{where}[{i}]")
+            if problem:
+                return problem
+        return None
+    if isinstance(v, dict):
+        for k, item in v.items():
+            problem = name_problem(k, where) or _problem(item, f"{where}.{k}" if where else k)
+            if problem:
+                return problem
+        return None
+    return f"{type(v).__name__} {_short(v)}{at} is not a value Firestore holds"
+
+
+def name_problem(name: Any, where: str) -> str | None:
+    """Why Firestore refuses this as a field name (a map key) at `where`, or None."""
+    at = f" at {where}" if where else ""
+    if not isinstance(name, str) or not name:
+        return f"map key {name!r}{at} is not a field name (empty, or not text)"
+    if _RESERVED_ID.fullmatch(name):
+        return f"map key {name!r}{at} is reserved (__.*__)"
+    return _text_problem(name, at)
+
+
+def _text_problem(text: str, at: str) -> str | None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"text {_short(text)}{at} is not valid Unicode (a lone surrogate)"
+    return None
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def write_problem(write: FsWrite) -> str | None:
+    """Why Firestore would refuse this write's values (the field path and why), or None."""
+    if write.op == "delete":
+        return None
+    if write.op == "create":
+        return _problem(write.fields, "")
+    for path, value in write.fields.items():
+        parts = FieldPath.from_api_repr(path).parts
+        problem = next(filter(None, (name_problem(p, ".".join(parts[:i])) for i, p in enumerate(parts))), None)
+        if problem is None and value is not firestore.DELETE_FIELD:
+            problem = _problem(value, path)
+        if problem:
+            return problem
+    return None
