@@ -281,8 +281,19 @@ def _failing_node_line(exc: BaseException) -> int:
     return line
 
 
-def parse_entity(text: str, file: str, expected_entity: str | None = None) -> EntityRules:
-    """Parse and validate one rules file's text (no database needed)."""
+def decode(data: bytes, file: str) -> str:
+    """A rules file's bytes as text: UTF-8, or a RulesError at the first byte that is not."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RulesError(f"not UTF-8: byte {exc.start} (0x{data[exc.start]:02x}) cannot be decoded ({exc.reason})",
+                         file=file, line=data.count(b"\n", 0, exc.start) + 1) from None
+
+
+def parse_entity(text: str | bytes, file: str, expected_entity: str | None = None) -> EntityRules:
+    """Parse and validate one rules file's text or bytes (no database needed)."""
+    if isinstance(text, bytes):
+        text = decode(text, file)
     yaml = YAML(typ="rt")
     try:
         data = yaml.load(text)
@@ -364,7 +375,11 @@ def load_entity(rules_dir: FsPath, entity: str) -> EntityRules:
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in rules_dir.glob("*.yaml"))) or "none"
         raise RulesError(f"no rules for entity {entity!r} (looked for {path}; entities with rules: {known})")
-    return parse_entity(path.read_text(encoding="utf-8"), str(path), expected_entity=entity)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RulesError(f"cannot read the rules: {exc.strerror or exc}", file=str(path)) from None
+    return parse_entity(data, str(path), expected_entity=entity)
 
 
 def load_rules_dir(rules_dir: FsPath) -> dict[str, EntityRules]:
