@@ -14,7 +14,7 @@ from typing import Any
 from reconciler.mapping import Branch, KeyedMap, KeyedSet, Leaf, Node, set_sort_key
 from reconciler.result import FieldDiff
 from reconciler.rules.model import CompareOptions
-from reconciler.values import Geo, type_name
+from reconciler.values import Geo, PostgresOnly, type_name
 
 
 def diff_records(shape: Branch, postgres: dict[str, Any] | None, firestore: dict[str, Any] | None,
@@ -57,7 +57,9 @@ class _Walker:
     def report(self, path: str, pattern: str, a: Any, b: Any, expected: str | None = None) -> None:
         """`expected`: the kind of value the rules' shape wants here (map, array), when it wants one."""
         kinds = {type_name(a), type_name(b)} - {None}
-        mismatch = len(kinds) > 1 or (expected is not None and bool(kinds - {expected}))
+        # a value Firestore cannot hold differs in kind from whatever it has there, also from nothing
+        mismatch = (len(kinds) > 1 or (expected is not None and bool(kinds - {expected}))
+                    or isinstance(a, PostgresOnly) or isinstance(b, PostgresOnly))
         self.out.append(FieldDiff(path=path, postgres=a, firestore=b, pattern=pattern,
                                   kind="type_mismatch" if mismatch else "value"))
 

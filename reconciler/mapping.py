@@ -1,8 +1,10 @@
 """Raw records of either side -> the same canonical record, and back (for repair).
 
 The canonical record is a nested dict in Firestore's shape, holding only the fields the rules map, with
-scalars normalised: numbers as int/float, timestamps as aware datetimes, dates as "YYYY-MM-DD", UUIDs and
-inet values as strings, GeoPoints as `values.Geo`, set-like arrays sorted by their key. With
+scalars normalised: numbers as int/float, timestamps as aware datetimes, dates as "YYYY-MM-DD", UUIDs as
+strings, GeoPoints as `values.Geo`, set-like arrays sorted by their key. Values whose Python type would print
+them otherwise than Postgres (inet, cidr, interval, time...) arrive as Postgres's own text (the loaders of
+sources.postgres); values neither Python nor Firestore can hold arrive as `values.PostgresOnly`. With
 `null_equals_absent` (the default) NULL/None values and maps left empty are dropped, so that two records
 that mean the same thing are `==` and the diff can take its fast path.
 """
@@ -10,7 +12,7 @@ that mean the same thing are `==` and the diff can take its fast path.
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
+import math
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
@@ -20,7 +22,7 @@ from google.cloud.firestore_v1 import GeoPoint
 from google.cloud.firestore_v1.document import DocumentReference
 
 from reconciler.rules.model import Column, CompareOptions, DocumentSpec, Embed, GeoPointRule, Path
-from reconciler.values import FALSE, TRUE, Bool, Geo, Ref, plain
+from reconciler.values import FALSE, TRUE, Bool, Geo, PostgresOnly, Ref, plain
 
 UTC = dt.timezone.utc
 Row = tuple[Any, ...]
@@ -32,9 +34,14 @@ def _datetime(v: dt.datetime) -> dt.datetime:
     return v if v.tzinfo is not None else v.replace(tzinfo=UTC)
 
 
-def _decimal(v: Decimal) -> float | str:
-    # NaN and +-Infinity (numeric columns hold them) become the floats Firestore holds; only sNaN has none
-    return str(v) if v.is_snan() else float(v)
+def _decimal(v: Decimal) -> float | str | PostgresOnly:
+    # NaN and +-Infinity (numeric columns hold them) become the floats Firestore holds; only sNaN has none.
+    # A finite number rounds to the nearest double (tiny ones to 0.0), as every decimal fraction does; one
+    # beyond double range has no nearest double (float() says inf): Firestore cannot hold it
+    if v.is_snan():
+        return str(v)
+    f = float(v)
+    return PostgresOnly(format(v, "f"), "numeric") if math.isinf(f) and v.is_finite() else f
 
 
 def _list(v: Iterable[Any]) -> list[Any]:
@@ -56,10 +63,6 @@ _CANON: dict[type, Callable[[Any], Any]] = {
     dt.date: lambda v: v.isoformat(),
     dt.time: lambda v: v.isoformat(),
     uuid.UUID: str,
-    ipaddress.IPv4Address: str,
-    ipaddress.IPv6Address: str,
-    ipaddress.IPv4Interface: lambda v: str(v.ip) if v.network.prefixlen == v.max_prefixlen else str(v),
-    ipaddress.IPv6Interface: lambda v: str(v.ip) if v.network.prefixlen == v.max_prefixlen else str(v),
     list: _list,
     tuple: _list,
     dict: _dict,
@@ -68,6 +71,7 @@ _CANON: dict[type, Callable[[Any], Any]] = {
     Geo: lambda v: v,
     Bool: lambda v: v,
     Ref: lambda v: v,
+    PostgresOnly: lambda v: v,
 }
 
 
@@ -85,12 +89,12 @@ def canon(value: Any) -> Any:
 
 
 def _as_number(v: Any) -> Any:
-    if isinstance(v, Bool) or v is None:
+    if isinstance(v, (Bool, PostgresOnly)) or v is None:
         return v
     if isinstance(v, (int, float)):
         return v
     try:
-        return float(Decimal(str(v).strip()))
+        return _decimal(Decimal(str(v).strip()))
     except ArithmeticError:
         return v  # not a number: kept as is, so the diff reports it
 
@@ -110,7 +114,8 @@ def _as_date(v: Any) -> Any:
     return v
 
 
-# An explicit `type:` in the rules: applied after canon() on both sides.
+# An explicit `type:` in the rules: applied after canon() on both sides. A PostgresOnly stays one, except as
+# `string`: its text is what Postgres prints, which a string field can hold.
 CONVERSIONS: dict[str, Callable[[Any], Any]] = {
     "decimal_string": _as_number,
     "number": _as_number,
@@ -119,7 +124,6 @@ CONVERSIONS: dict[str, Callable[[Any], Any]] = {
     "date": _as_date,
     "json": lambda v: v,
 }
-
 
 # ---------------------------------------------------------------- the shape of a canonical record
 
@@ -359,7 +363,9 @@ class FirestoreMapper:
 # ---------------------------------------------------------------- canonical -> either side (repair)
 
 def to_firestore(node: Node, value: Any) -> Any:
-    """A canonical record -> the Firestore document fields the rules map (GeoPoints restored)."""
+    """A canonical record -> the Firestore document fields the rules map (GeoPoints restored). A
+    values.PostgresOnly stays what it is: no Firestore type holds it, and the write path refuses every value
+    that is not a plain Firestore type."""
     if isinstance(node, Leaf):
         if node.geo and isinstance(value, Geo):
             return GeoPoint(value.latitude, value.longitude)

@@ -10,25 +10,38 @@ document (embeds) are streamed in the same order and grouped to their parent as 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import json
+import math
 import re
+import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
+from psycopg.adapt import Loader
+from psycopg.pq import Format
+from psycopg.types.json import Jsonb, set_json_loads
+from psycopg.types.string import TextLoader
 
 from reconciler.errors import ConfigError, RuntimeFailure
 from reconciler.keys import Key, Scope, SortKey, numeric_id, order_text
 from reconciler.rules.model import Column, DocumentSpec, Embed, Reference
+from reconciler.values import PostgresOnly
 
+T = TypeVar("T")
 Row = tuple[Any, ...]
 Schema = dict[str, dict[str, str]]  # table -> column -> type name (udt_name: uuid, text, numeric, ...)
 RawRecord = tuple[Row, tuple[list[Row], ...]]  # (row: key text + selected columns, embedded rows per embed)
 
 
-def connect(dsn: str, *, application_name: str = "reconciler") -> psycopg.Connection:
-    """Connect (an empty DSN means libpq's PG* environment variables) with UTC timestamps."""
+def connect(dsn: str, *, application_name: str = "reconciler", lock_timeout_s: float = 0,
+            statement_timeout_s: float = 0) -> psycopg.Connection:
+    """Connect (an empty DSN means libpq's PG* environment variables) with UTC timestamps, ISO dates and the
+    tool's loaders (register_loaders). `lock_timeout_s`/`statement_timeout_s` (0: off) bound, for every
+    statement of the session, the wait for a lock and the time a statement may run: a lock held forever must
+    fail the run with a cause, not hang it."""
     try:
         psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
@@ -39,9 +52,108 @@ def connect(dsn: str, *, application_name: str = "reconciler") -> psycopg.Connec
         conn = psycopg.connect(dsn, connect_timeout=10, application_name=application_name)
     except psycopg.Error as exc:
         raise RuntimeFailure(f"postgres: cannot connect: {_one_line(exc)}") from None
-    conn.execute("SET TIME ZONE 'UTC'")
-    conn.commit()
+    register_loaders(conn)
+    _TIMEOUTS[conn] = {"lock_timeout": lock_timeout_s, "statement_timeout": statement_timeout_s}
+    # the text of dates, intervals and floats is the canonical form of some values: the same whatever the server's
+    # defaults (extra_float_digits >= 1: floats print exactly, shortest form)
+    settings = {"TimeZone": "UTC", "DateStyle": "ISO", "IntervalStyle": "postgres", "extra_float_digits": "1",
+                "lock_timeout": _ms(lock_timeout_s), "statement_timeout": _ms(statement_timeout_s)}
+    try:
+        conn.execute("SELECT " + ", ".join(["set_config(%s, %s, false)"] * len(settings)),
+                     [x for kv in settings.items() for x in kv])
+        conn.commit()
+    except psycopg.Error as exc:
+        conn.close()
+        raise RuntimeFailure(f"postgres: cannot set up the session: {_one_line(exc)}") from None
     return conn
+
+
+def _ms(seconds: float) -> str:
+    return f"{max(1, round(seconds * 1000))}ms" if seconds > 0 else "0"
+
+
+# per connection, the timeouts it was opened with: named in the error when one fires
+_TIMEOUTS: weakref.WeakKeyDictionary[psycopg.Connection, dict[str, float]] = weakref.WeakKeyDictionary()
+_SETTING = {"lock_timeout": "postgres.lock_timeout_s", "statement_timeout": "postgres.statement_timeout_s"}
+
+
+def failure(conn: psycopg.Connection, exc: psycopg.Error, doing: str = "") -> RuntimeFailure:
+    """The RuntimeFailure for a failed statement; one cancelled by a timeout of ours says which, and how to raise it."""
+    message = f"postgres: {doing + ': ' if doing else ''}{_one_line(exc)}"
+    fired = timeout_fired(exc)
+    if fired is not None:
+        limit = _TIMEOUTS.get(conn, {}).get(fired, 0)
+        message += (f" ({_SETTING[fired]} = {limit:g} s fired: raise it in the config, or 0 to wait without limit)"
+                    if limit else f" (the server's {fired} fired; {_SETTING[fired]} in the config sets our own)")
+    return RuntimeFailure(message)
+
+
+def timeout_fired(exc: BaseException) -> str | None:
+    """"lock_timeout" or "statement_timeout" when that cancelled the statement, else None."""
+    if isinstance(exc, psycopg.errors.LockNotAvailable) and "lock timeout" in str(exc):
+        return "lock_timeout"
+    if isinstance(exc, psycopg.errors.QueryCanceled) and "statement timeout" in str(exc):
+        return "statement_timeout"
+    return None
+
+
+# ---------------------------------------------------------------- loading values
+
+class _OrPostgresOnly(Loader):
+    """psycopg's own loader of the type; a value it refuses (beyond Python's range: 'infinity', BC, year
+    10000) becomes a values.PostgresOnly holding Postgres's text, a finding on its field, not a failed entity."""
+
+    base: type[Loader]
+    type_name: str
+
+    def __init__(self, oid: int, context: Any = None) -> None:
+        super().__init__(oid, context)
+        self._load = self.base(oid, context).load
+
+    def load(self, data: Any) -> Any:
+        try:
+            return self._load(data)
+        except psycopg.DataError:
+            return PostgresOnly(bytes(data).decode(), self.type_name)
+
+
+def _or_postgres_only(type_name: str) -> type[Loader]:
+    base = psycopg.adapters.get_loader(psycopg.adapters.types[type_name].oid, Format.TEXT)
+    return type(f"{type_name}_or_postgres_only", (_OrPostgresOnly,), {"base": base, "type_name": type_name})
+
+
+# The canonical form of these is Postgres's own text: Python's types print some of them otherwise
+# (str(IPv6Address) writes ::ffff:1.2.3.4 in hex, a timedelta has no months, time() no 24:00:00)
+_TEXT_TYPES = ("inet", "cidr", "interval", "time", "timetz", "int4range", "int8range", "numrange", "daterange",
+               "tsrange", "tstzrange", "int4multirange", "int8multirange", "nummultirange", "datemultirange",
+               "tsmultirange", "tstzmultirange")
+_OR_POSTGRES_ONLY = tuple(_or_postgres_only(t) for t in ("date", "timestamp", "timestamptz"))
+# a number beyond double range inside JSON text: an exponent (json keeps its input's text) or 309+ digits
+# (jsonb prints numerics whole: 1e400 is 401 digits, loaded as an exact int; 1e400 + 0.5 would be float inf)
+_MAYBE_BEYOND_DOUBLE = re.compile(rb"[0-9](?:[eE][-+]?[0-9]|[0-9]{308})")
+
+
+def _json_float(text: str) -> Any:
+    value = float(text)
+    return PostgresOnly(text, "numeric") if math.isinf(value) else value
+
+
+def json_loads(data: bytes) -> Any:
+    """JSON as the database holds it: integers exact (any size), other numbers the nearest double, a number
+    beyond double range a PostgresOnly (json.loads would make it float inf, which Postgres does not hold).
+    The C parser's default path for ordinary text; the float hook only when a number could be that large."""
+    if _MAYBE_BEYOND_DOUBLE.search(data) is None:
+        return json.loads(data)
+    return json.loads(data, parse_float=_json_float)
+
+
+def register_loaders(conn: psycopg.Connection) -> None:
+    """Every value loader of the tool, for every connection it opens (connect() calls this)."""
+    for name in _TEXT_TYPES:
+        conn.adapters.register_loader(name, TextLoader)
+    for loader in _OR_POSTGRES_ONLY:
+        conn.adapters.register_loader(loader.type_name, loader)
+    set_json_loads(json_loads, conn)
 
 
 def lost(conn: psycopg.Connection) -> bool:
@@ -150,7 +262,7 @@ def sample_split_points(conn: psycopg.Connection, table: str, key: str, udt: str
             _text(key), sql.Identifier(table), where, sql.SQL(", ").join(order_terms(key, udt)))
         cuts = [conn.execute(query, [*params, total * i // n, look_ahead]).fetchall() for i in range(1, n)]
     except psycopg.Error as exc:
-        raise RuntimeFailure(f"postgres: {_one_line(exc)}") from None
+        raise failure(conn, exc) from None
     points = (next((row[0] for row in rows if usable(row[0])), None) for rows in cuts)
     return [p for p in points if p is not None]
 
@@ -172,7 +284,7 @@ def changed_keys(conn: psycopg.Connection, doc: DocumentSpec, column: str, since
         # a row whose referenced parent is gone has no document path: nothing to audit it against
         return [tuple(r) for r in conn.execute(query, [since]) if r[0] is not None]
     except psycopg.Error as exc:
-        raise RuntimeFailure(f"postgres: {_one_line(exc)}") from None
+        raise failure(conn, exc) from None
 
 
 class PostgresReader:
@@ -194,7 +306,7 @@ class PostgresReader:
                 cur.execute(query, params)
                 yield from cur
         except psycopg.Error as exc:
-            raise RuntimeFailure(f"postgres: {_one_line(exc)}") from None
+            raise failure(self.conn, exc) from None
 
     def _select(self, table: str, keys: list[tuple[str, Reference | None]], columns: tuple[str, ...],
                 refs: dict[str, Reference | None], scope: Scope, extra_order: list[sql.Composable] = (),
@@ -374,6 +486,21 @@ def _adapt(value: Any, udt: str) -> Any:
     return Jsonb(value) if udt in ("json", "jsonb") and value is not None else value
 
 
+def _naming_timeouts(fn: Callable[..., T]) -> Callable[..., T]:
+    """A write cancelled by one of our timeouts fails as a RuntimeFailure that names it; other errors stay as they
+    are (the repair tells a serialization failure, a concurrent change, from a failed write)."""
+    @functools.wraps(fn)
+    def wrapper(conn: psycopg.Connection, *args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(conn, *args, **kwargs)
+        except psycopg.Error as exc:
+            if timeout_fired(exc) is None:
+                raise
+            raise failure(conn, exc) from None
+    return wrapper
+
+
+@_naming_timeouts
 def upsert_row(conn: psycopg.Connection, table: str, key: dict[str, Any], values: dict[str, Any],
                types: dict[str, str]) -> str:
     """UPDATE the row with these key values, or INSERT it when there is none (no unique constraint needed).
@@ -397,11 +524,13 @@ def upsert_row(conn: psycopg.Connection, table: str, key: dict[str, Any], values
     return "insert"
 
 
+@_naming_timeouts
 def delete_rows(conn: psycopg.Connection, table: str, key: dict[str, Any]) -> int:
     where, params = _where(key)
     return conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(sql.Identifier(table), where), params).rowcount
 
 
+@_naming_timeouts
 def copy_rows(conn: psycopg.Connection, table: str, key: dict[str, Any]) -> list[Any]:
     """Every column of the matching rows, as JSON: the copy a report keeps of what was deleted."""
     where, params = _where(key)
@@ -428,4 +557,4 @@ def rows_of(conn: psycopg.Connection, schema: Schema, table: str, column: str, d
             names = [d.name for d in cur.description or ()]
             return [dict(zip(names, row)) for row in cur]
     except psycopg.Error as exc:
-        raise RuntimeFailure(f"postgres: {_one_line(exc)}") from None
+        raise failure(conn, exc) from None
