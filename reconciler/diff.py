@@ -27,6 +27,13 @@ def diff_records(shape: Branch, postgres: dict[str, Any] | None, firestore: dict
     return tuple(out)
 
 
+def same(node: Node, a: Any, b: Any, compare: CompareOptions) -> bool:
+    """Whether two canonical values of one part of a shape (whole records: the document's shape) are equal under
+    the rules: tolerances, NULL == absent, sets as sets, NaN == NaN, instants as instants. What repair asks of the
+    source of truth re-read before it writes (`==` would call a record holding NaN changed)."""
+    return not node_differs(node, a, b, compare)
+
+
 def node_differs(node: Node, postgres: Any, firestore: Any, compare: CompareOptions) -> bool:
     """Whether two values of one part of the shape differ under the rules (repair asks this per subtree)."""
     if postgres == firestore:
@@ -47,6 +54,15 @@ def _differs(a: Any, b: Any) -> bool:
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _numbers_equal(a: int | float, b: int | float, tolerance: float) -> bool:
+    if a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)):
+        return True
+    try:
+        return abs(a - b) <= tolerance
+    except OverflowError:  # an integer beyond double range (exact, from jsonb) against a double: not equal
+        return False
 
 
 class _Walker:
@@ -110,8 +126,7 @@ class _Walker:
         if a is None and b is None:
             return
         if _is_number(a) and _is_number(b):
-            tol = self.compare.number_tolerance if tolerance is None else tolerance
-            if a == b or abs(a - b) <= tol or (math.isnan(a) and math.isnan(b)):
+            if _numbers_equal(a, b, self.compare.number_tolerance if tolerance is None else tolerance):
                 return
         elif isinstance(a, dt.datetime) and isinstance(b, dt.datetime):
             if abs((a - b).total_seconds()) <= (tolerance or 0):
