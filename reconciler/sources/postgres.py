@@ -190,9 +190,10 @@ def fetch_schema(conn: psycopg.Connection, tables: tuple[str, ...]) -> Schema:
 
 
 def _castable(ids: tuple[str, ...], udt: str) -> list[str]:
-    """The IDs that can be values of a column of this type: the others cannot match any row."""
+    """The IDs that can be values of a column of this type: the others cannot match any row (nor be sent: Postgres
+    text cannot hold NUL, so an ID with one is no key of any row)."""
     pattern = _ID_PATTERNS.get(udt)
-    return [i for i in ids if pattern is None or pattern.fullmatch(i)]
+    return [i for i in ids if "\x00" not in i and (pattern is None or pattern.fullmatch(i))]
 
 
 # a key's text is a document ID only in this form (uuid::text is lowercase), so other IDs match no row
@@ -225,21 +226,26 @@ def order_terms(column: str, udt: str, alias: str = "t") -> list[sql.Composable]
 
 def range_condition(column: str, udt: str, op: str, bound: str, alias: str = "t") -> tuple[sql.Composable, list[Any]]:
     """`key op bound` in Firestore's key order (op: ">=" or "<"), as order_terms sort: a UUID column
-    compares natively (its index serves the range); other keys compare as the row of their sort terms."""
+    compares natively (its index serves the range); other keys compare as the row of their sort terms.
+    A bound with a NUL (a Firestore-only ID: Postgres text cannot hold one, nor be sent one) sorts right after
+    its text before the NUL, and no key lies between them: `>= "a\\0b"` is `> "a"`, `< "a\\0b"` is `<= "a"`."""
+    text = bound
+    if "\x00" in bound:  # such a bound is neither a UUID nor a numeric ID: it compares as text
+        text, op = bound[:bound.index("\x00")], {">=": ">", "<": "<="}[op]
     if udt == "uuid":
         if _ID_PATTERNS["uuid"].fullmatch(bound):
             return sql.SQL("{}.{} " + op + " %s::uuid").format(sql.Identifier(alias), sql.Identifier(column)), [bound]
         if numeric_id(bound) is not None:  # a numeric ID sorts before every UUID
             return sql.SQL("TRUE" if op == ">=" else "FALSE"), []
-        return sql.SQL("{} " + op + ' %s COLLATE "C"').format(_text(column, alias)), [bound]
-    text = _text(column, alias)
-    numeric = sql.SQL("{} ~ '^__id-?[0-9]+__$'").format(text)
+        return sql.SQL("{} " + op + ' %s COLLATE "C"').format(_text(column, alias)), [text]
+    key = _text(column, alias)
+    numeric = sql.SQL("{} ~ '^__id-?[0-9]+__$'").format(key)
     row = sql.SQL("(CASE WHEN {n} THEN 0 ELSE 1 END, "
                   "COALESCE(CASE WHEN {n} THEN substring({t} from 5 for length({t}) - 6)::numeric END, 0), "
-                  '{t} COLLATE "C")').format(n=numeric, t=text)
+                  '{t} COLLATE "C")').format(n=numeric, t=key)
     number = numeric_id(bound)
     cond = sql.SQL("{} " + op + " (%s::int, %s::numeric, %s::text)").format(row)
-    return cond, [0, number, bound] if number is not None else [1, 0, bound]
+    return cond, [0, number, bound] if number is not None else [1, 0, text]
 
 
 def sample_split_points(conn: psycopg.Connection, table: str, key: str, udt: str, n: int,
@@ -470,11 +476,17 @@ def _where(key: dict[str, Any]) -> tuple[sql.Composable, list[Any]]:
     return sql.SQL(" AND ").join(terms), params
 
 
+def text_safe(value: str) -> str:
+    """Postgres text cannot hold NUL characters (a Firestore ID or field name may): written as the text \\u0000,
+    for people to read; such text is never a key to look a row up by."""
+    return value.replace("\x00", "\\u0000")
+
+
 def jsonb_safe(value: Any) -> Any:
     """jsonb cannot hold NUL characters: they are written as the text \\u0000 (audit trails and checkpoints are
     for people to read; the value itself is never written back)."""
     if isinstance(value, str):
-        return value.replace("\x00", "\\u0000")
+        return text_safe(value)
     if isinstance(value, dict):
         return {jsonb_safe(k): jsonb_safe(v) for k, v in value.items()}
     if isinstance(value, list):
