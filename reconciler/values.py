@@ -59,11 +59,31 @@ class PostgresOnly:
         return self.text
 
 
+class TextInstant(dt.datetime):
+    """An instant read from ISO-8601 text inside JSON (rules: `json: {timestamps: iso}`), which remembers
+    that text so that a write back to JSON keeps it. Equal to any datetime of the same instant.
+    Arithmetic and replace() give instances without text (`text` None)."""
+
+    text: str | None = None
+
+    def __reduce_ex__(self, protocol: Any) -> Any:  # datetime's own would drop the text (copy, pickle)
+        return (text_instant, (self.text, dt.datetime.fromisoformat(self.isoformat())))
+
+
+def text_instant(text: str | None, value: dt.datetime) -> TextInstant:
+    out = TextInstant(value.year, value.month, value.day, value.hour, value.minute, value.second,
+                      value.microsecond, value.tzinfo, fold=value.fold)
+    out.text = text
+    return out
+
+
 def plain(value: Any) -> Any:
     """Canonical value -> the plain Python value a database client writes (Bool -> bool), recursively.
     A PostgresOnly stays what it is: no client type can hold it, and the write paths refuse it."""
     if isinstance(value, Bool):
         return value.value
+    if isinstance(value, TextInstant):
+        return dt.datetime.fromisoformat(value.isoformat())
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -109,6 +129,8 @@ def to_json(value: Any) -> Any:
     if isinstance(value, Ref):
         return {"reference": value.path}
     if isinstance(value, PostgresOnly):
+        return value.text
+    if isinstance(value, TextInstant) and value.text is not None:
         return value.text
     if isinstance(value, dt.datetime):
         if value.tzinfo is not None:
