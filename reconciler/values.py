@@ -152,6 +152,7 @@ def to_json(value: Any) -> Any:
 # Geo and Ref before tuple; Bool is not an int. Dates are canonical strings and so "string".
 _TYPE_NAMES: tuple[tuple[type, str], ...] = (
     (PostgresOnly, "postgres_only"), (Bool, "boolean"), (bool, "boolean"), (Geo, "geopoint"), (Ref, "reference"),
-    (int, "number"), (float, "number"), (Decimal, "number"), (str, "string"), (dt.datetime, "timestamp"), (bytes, "bytes"),
+    (int, "number"), (float, "number"), (Decimal, "number"), (str, "string"), (dt.datetime, "timestamp"),
+    (bytes, "bytes"),
     (dict, "map"), (list, "array"), (tuple, "array"),
 )

@@ -99,7 +99,8 @@ def _float_text(f: float) -> str:
 
 
 # JSON text with numbers of every size: beyond double range, beyond int64, tiny, ordinary
-_json_number = st.one_of(st.integers(-(10**30), 10**30).map(str), st.floats(allow_nan=False, allow_infinity=False).map(repr),
+_json_number = st.one_of(st.integers(-(10**30), 10**30).map(str),
+                         st.floats(allow_nan=False, allow_infinity=False).map(repr),
                          st.sampled_from(["1e400", "-1.5e309", "1e-400", "123456789012345678901234567890.5",
                                           "1" + "0" * 400 + ".5", "9223372036854775808", "0.1"]))
 _json_text = st.recursive(
@@ -361,3 +362,32 @@ def test_known_cases(server, sqltype, text, want):
                          "columns:\n  c:\n", "one.yaml")
     got = _read(reader, rules.root, "one")["k"]["c"]
     assert _same(got, want), (got, want)
+
+
+STRING_RULES = parse_entity("entity: v\nsource_of_truth: postgres\ncollection: v\ntable: vals\nkey: id\n"
+                            "columns:\n  c: {type: string}\n  arr: {type: string}\n", "v.yaml")
+
+
+@pytest.mark.parametrize("sqltype", ["numeric(12,2)", "float8", "bool", "inet", "timestamptz", "date", "interval",
+                                     "jsonb", "bytea", "uuid", "money"])
+def test_type_string_is_the_text_postgres_prints(server, sqltype):
+    """`type: string` compares a column as text: Postgres's text of it (12.50, not Python's 12.5; t; the inet
+    without its /32; the timestamptz as the server prints it), arrays as Postgres's array literal."""
+    conn, reader = server
+    strategy, _ = TYPES[sqltype]
+
+    @PER_TYPE
+    @given(st.lists(st.one_of(st.none(), strategy), min_size=1, max_size=4))
+    def check(values):
+        conn.execute("DROP TABLE IF EXISTS vals")
+        conn.execute(sql.SQL("CREATE TABLE vals (id text PRIMARY KEY, c {t}, arr {t}[])").format(t=sql.SQL(sqltype)))
+        for i, v in enumerate(values):
+            conn.execute(sql.SQL("INSERT INTO vals VALUES (%s, %s::{t}, %s::text[]::{t}[])").format(
+                t=sql.SQL(sqltype)), [f"{i:03d}", v, values])
+        want = {r[0]: (r[1], r[2]) for r in conn.execute(
+            "SELECT id, CASE WHEN c IS NULL THEN NULL ELSE concat(c) END, concat(arr) FROM vals")}
+        got = _read(reader, STRING_RULES.root, "vals")
+        for key, (c, arr) in want.items():
+            assert got[key].get("c") == c and got[key].get("arr") == arr, (got[key], c, arr)
+
+    check()

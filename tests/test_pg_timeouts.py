@@ -29,7 +29,8 @@ def db(pg_dsn):
 
 def _read(conn, table: str = "t") -> list:
     doc = RULES.root if table == "t" else parse_entity(
-        f"entity: s\nsource_of_truth: firestore\ncollection: s\ntable: {table}\nkey: id\ncolumns:\n  v:\n", "s.yaml").root
+        f"entity: s\nsource_of_truth: firestore\ncollection: s\ntable: {table}\nkey: id\ncolumns:\n  v:\n",
+        "s.yaml").root
     schema = pg_source.fetch_schema(conn, (table,))
     pg_source.begin_snapshot(conn)
     try:
@@ -98,7 +99,8 @@ def test_no_timeouts_by_default_and_canonical_text_whatever_the_servers_defaults
     try:
         shown = {n: conn.execute(f"SHOW {n}").fetchone()[0] for n in ("lock_timeout", "statement_timeout")}
         texts = conn.execute("SELECT '2024-03-01'::date::text, '1 mon 2 days'::interval::text, "
-                             "(0.1::float8 + 0.2::float8)::text, '2024-03-01 00:00:00+00'::timestamptz::text").fetchone()
+                             "(0.1::float8 + 0.2::float8)::text, "
+                             "'2024-03-01 00:00:00+00'::timestamptz::text").fetchone()
         values = conn.execute("SELECT 0.1::float8 + 0.2::float8, '2024-03-01'::date").fetchone()
     finally:
         conn.close()

@@ -314,10 +314,14 @@ class PostgresReader:
             raise failure(self.conn, exc) from None
 
     def _select(self, table: str, keys: list[tuple[str, Reference | None]], columns: tuple[str, ...],
-                refs: dict[str, Reference | None], scope: Scope, extra_order: list[sql.Composable] = (),
+                mapped: tuple[Column, ...], scope: Scope, extra_order: list[sql.Composable] = (),
                 where: tuple[tuple[str, str], ...] = ()) -> tuple[sql.Composable, list[Any]]:
         """SELECT keys (as text) and columns, in key order; the scope applies to the first key. A column with a
-        Reference is read (and ordered, and scoped) as the referenced row's column, through a LEFT JOIN."""
+        Reference is read (and ordered, and scoped) as the referenced row's column, through a LEFT JOIN. A column
+        the rules compare as `type: string` is read as Postgres's text of it (its output function: concat()),
+        not as what Python would print of the loaded value."""
+        refs = {c.name: c.references for c in mapped if c.references is not None}
+        texts = {c.name for c in mapped if c.type == "string"}
         joins: list[sql.Composable] = []
 
         def term(column: str, ref: Reference | None) -> tuple[str, str, str]:  # (alias, column, type)
@@ -329,8 +333,10 @@ class PostgresReader:
 
         key_terms = [term(k, ref) for k, ref in keys]
         col_terms = [term(c, refs.get(c)) for c in columns]
-        select = ([_text(c, a) for a, c, _ in key_terms]
-                  + [sql.SQL("{}.{}").format(sql.Identifier(a), sql.Identifier(c)) for a, c, _ in col_terms])
+        values = [sql.SQL("{}.{}").format(sql.Identifier(a), sql.Identifier(c)) for a, c, _ in col_terms]
+        values = [sql.SQL("CASE WHEN {v} IS NULL THEN NULL ELSE concat({v}) END").format(v=v) if name in texts else v
+                  for name, v in zip(columns, values)]
+        select = [_text(c, a) for a, c, _ in key_terms] + values
         order = [t for a, c, udt in key_terms for t in order_terms(c, udt, a)] + list(extra_order)
         conditions, params = [], []
         for column, value in where:  # str parameters are sent untyped: Postgres reads them as the column's type
@@ -360,7 +366,7 @@ class PostgresReader:
             yield from self._stream_children(doc, scope)
 
     def _stream_root(self, doc: DocumentSpec, scope: Scope) -> Iterator[tuple[Key, RawRecord]]:
-        query, params = self._select(doc.table, [(doc.key, None)], doc.select_columns, _refs(doc.columns), scope)
+        query, params = self._select(doc.table, [(doc.key, None)], doc.select_columns, doc.columns, scope)
         embeds = [_Grouped(self._embed_rows(e, scope)) for e in doc.embeds]
         for row in self._cursor_rows(query, params):
             root_id = row[0]
@@ -374,14 +380,14 @@ class PostgresReader:
         if embed.order_by:  # `latest`: the newest row of each parent comes first
             extra = [sql.SQL("t.{} DESC NULLS LAST").format(sql.Identifier(embed.order_by))]
         query, params = self._select(embed.table, [(embed.join, embed.join_references)], embed.select_columns,
-                                     _refs(embed.columns), scope, extra, embed.where)
+                                     embed.columns, scope, extra, embed.where)
         for row in self._cursor_rows(query, params):
             yield (order_text(row[0]),), row
 
     def _stream_children(self, doc: DocumentSpec, scope: Scope) -> Iterator[tuple[Key, RawRecord]]:
         assert doc.parent is not None
         query, params = self._select(doc.table, [(doc.parent, doc.parent_references), (doc.key, None)],
-                                     doc.select_columns, _refs(doc.columns), scope)
+                                     doc.select_columns, doc.columns, scope)
         wanted = None if scope.keys is None else set(scope.keys)  # `ids` (the parents) narrowed the query
         for row in self._cursor_rows(query, params):
             if scope.past_upper(row[0]):
@@ -394,10 +400,6 @@ def _join(ref: Reference, column: str, alias: str) -> sql.Composable:
     """The referenced row of t.column, as `alias` (LEFT: a dangling reference keeps its row, with NULLs)."""
     return sql.SQL(" LEFT JOIN {} AS {a} ON {a}.{} = t.{}").format(
         sql.Identifier(ref.table), sql.Identifier(ref.join), sql.Identifier(column), a=sql.Identifier(alias))
-
-
-def _refs(columns: tuple[Column, ...]) -> dict[str, Reference | None]:
-    return {c.name: c.references for c in columns if c.references is not None}
 
 
 class _Grouped:
