@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 import random
 import unicodedata
 import uuid
@@ -50,8 +51,11 @@ class Customer:
 class _Gen:
     """Value makers on one seeded Random."""
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, aside: random.Random | None = None) -> None:
         self.r = rng
+        # values added to the data later draw from a stream of their own, so every value drawn before stays put
+        # (tests pick their customers by what they hold)
+        self.aside = aside or random.Random(0)
 
     def uuid(self) -> uuid.UUID:
         return uuid.UUID(int=self.r.getrandbits(128), version=4)
@@ -86,9 +90,33 @@ class _Gen:
                 "score": self.r.choice([0.5, 439.69, 12.0]), "flags": {"beta": self.bool(), "tags": self.words(2)}}
 
     def inet(self) -> Any:
-        if self.r.random() < 0.2:
+        kind = self.r.random()
+        if kind < 0.2:
             return ipaddress.IPv6Address(self.r.getrandbits(128))
-        return ipaddress.IPv4Address(self.r.getrandbits(32))
+        v4 = ipaddress.IPv4Address(self.r.getrandbits(32))
+        # Node servers record IPv4 clients on a dual-stack socket as IPv4-mapped IPv6 addresses
+        return ipaddress.IPv6Address(f"::ffff:{v4}") if kind < 0.3 else v4
+
+    def app_ts(self) -> dt.datetime:
+        """A time as the app's JavaScript Date holds it: milliseconds (drawn aside)."""
+        start = dt.datetime(2019, 1, 1, tzinfo=UTC)
+        return start + dt.timedelta(milliseconds=self.aside.randrange(0, 7 * 365 * 86400 * 1000))
+
+
+def ip_text(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """An address as the app writes it to both sides (and as Postgres prints it): an IPv4-mapped IPv6 address
+    with its IPv4 part dotted, which Python's str() would write in hex."""
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return f"::ffff:{mapped}" if mapped is not None else str(ip)
+
+
+def app_json(value: Any) -> str:
+    """JSON as the app's JSON.stringify writes it into jsonb: a Date as its toISOString()."""
+    def default(v: Any) -> str:
+        if isinstance(v, dt.datetime):
+            return v.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        raise TypeError(f"not JSON: {type(v).__name__}")
+    return json.dumps(value, default=default)
 
 
 # A spec row: (column, maker, document path or None for Postgres-only, nullable).
@@ -106,7 +134,9 @@ def _to_firestore(value: Any, rng: random.Random) -> Any:
         return value
     if isinstance(value, dt.date):
         return value.isoformat()
-    if isinstance(value, (uuid.UUID, ipaddress.IPv4Address, ipaddress.IPv6Address)):
+    if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        return ip_text(value)
+    if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, list):
         return [_to_firestore(v, rng) for v in value]
@@ -199,7 +229,10 @@ def _demographics_spec() -> Spec:
         _s("lifestyle_segment", lambda g: g.text(2), prefix=p),
         _s("social_profiles", lambda g: {"instagram": "@" + g.pick(FIRST).lower()}, prefix=p, nullable=False),
         _s("social_influence_score", lambda g: g.int(100), prefix=p),
-        _s("demographic_sources", lambda g: {"clearbit": {"data": {}}}, path=p + "sources", nullable=False),
+        # enrichment times: a Timestamp in the document, the Date's ISO text in the jsonb (app_json)
+        _s("demographic_sources", lambda g: {s: {"enrichedAt": g.app_ts(), "data": {}} for s in
+                                             g.aside.sample(["clearbit", "fullcontact"], g.aside.randint(1, 2))},
+           path=p + "sources", nullable=False),
         _s("confidence_score", lambda g: g.dec(1), prefix=p),
         _s("enriched_at", lambda g: g.ts(), prefix=p, nullable=False),
         _s("updated_at", lambda g: g.ts(), path="!demographics.updatedAt", nullable=False),
@@ -425,7 +458,7 @@ def _ip_address(g: _Gen) -> tuple[dict[str, Any], dict[str, Any], Spec]:
     city, state, code, cc, country, tz = g.pick(CITIES)
     ip = g.inet()
     loc, isp, dev, use = "location.", "isp.", "device.", "usage."
-    return {"ip_address": ip, "ip_version": ip.version}, {"ipAddress": str(ip), "ipVersion": ip.version}, [
+    return {"ip_address": ip, "ip_version": ip.version}, {"ipAddress": ip_text(ip), "ipVersion": ip.version}, [
         _s("country", lambda _: country, prefix=loc), _s("country_code", lambda _: cc, prefix=loc),
         _s("region", lambda _: state, prefix=loc), _s("region_code", lambda _: code, prefix=loc),
         _s("city", lambda _: city, prefix=loc), _s("postal_code", lambda g: str(g.int(99999)), prefix=loc),
@@ -479,7 +512,7 @@ def generate(n: int, seed: int = 0, ids: list[str] | None = None) -> list[Custom
 
 def iter_customers(n: int, seed: int = 0, ids: list[str] | None = None) -> Iterator[Customer]:
     """generate(), one customer at a time: large datasets load in chunks without holding them all."""
-    g = _Gen(random.Random(seed))
+    g = _Gen(random.Random(seed), random.Random(f"aside {seed}"))
     for i in range(n):
         c = Customer(id=ids[i] if ids else str(g.uuid()))
         _root(g, c)
@@ -526,7 +559,8 @@ def load_postgres(conn: psycopg.Connection, customers: Iterable[Customer]) -> No
                 sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns)))
             with cur.copy(stmt) as copy:
                 for row in rows:
-                    copy.write_row([Jsonb(row[k]) if k in JSONB and row[k] is not None else row[k] for k in columns])
+                    copy.write_row([Jsonb(row[k], dumps=app_json) if k in JSONB and row[k] is not None else row[k]
+                                    for k in columns])
     conn.commit()
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from reconciler.mapping import Branch, KeyedMap, KeyedSet, Leaf, Node, set_sort_key
 from reconciler.result import FieldDiff
 from reconciler.rules.model import CompareOptions
-from reconciler.values import Geo, type_name
+from reconciler.values import Geo, PostgresOnly, type_name
 
 
 def diff_records(shape: Branch, postgres: dict[str, Any] | None, firestore: dict[str, Any] | None,
@@ -25,6 +25,13 @@ def diff_records(shape: Branch, postgres: dict[str, Any] | None, firestore: dict
     out: list[FieldDiff] = []
     _Walker(compare, out).node(shape, postgres, firestore, "", "")
     return tuple(out)
+
+
+def same(node: Node, a: Any, b: Any, compare: CompareOptions) -> bool:
+    """Whether two canonical values of one part of a shape (whole records: the document's shape) are equal under
+    the rules: tolerances, NULL == absent, sets as sets, NaN == NaN, instants as instants. What repair asks of the
+    source of truth re-read before it writes (`==` would call a record holding NaN changed)."""
+    return not node_differs(node, a, b, compare)
 
 
 def node_differs(node: Node, postgres: Any, firestore: Any, compare: CompareOptions) -> bool:
@@ -49,6 +56,15 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _numbers_equal(a: int | float, b: int | float, tolerance: float) -> bool:
+    if a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)):
+        return True
+    try:
+        return abs(a - b) <= tolerance
+    except OverflowError:  # an integer beyond double range (exact, from jsonb) against a double: not equal
+        return False
+
+
 class _Walker:
     def __init__(self, compare: CompareOptions, out: list[FieldDiff]) -> None:
         self.compare = compare
@@ -57,7 +73,9 @@ class _Walker:
     def report(self, path: str, pattern: str, a: Any, b: Any, expected: str | None = None) -> None:
         """`expected`: the kind of value the rules' shape wants here (map, array), when it wants one."""
         kinds = {type_name(a), type_name(b)} - {None}
-        mismatch = len(kinds) > 1 or (expected is not None and bool(kinds - {expected}))
+        # a value Firestore cannot hold differs in kind from whatever it has there, also from nothing
+        mismatch = (len(kinds) > 1 or (expected is not None and bool(kinds - {expected}))
+                    or isinstance(a, PostgresOnly) or isinstance(b, PostgresOnly))
         self.out.append(FieldDiff(path=path, postgres=a, firestore=b, pattern=pattern,
                                   kind="type_mismatch" if mismatch else "value"))
 
@@ -108,8 +126,7 @@ class _Walker:
         if a is None and b is None:
             return
         if _is_number(a) and _is_number(b):
-            tol = self.compare.number_tolerance if tolerance is None else tolerance
-            if a == b or abs(a - b) <= tol or (math.isnan(a) and math.isnan(b)):
+            if _numbers_equal(a, b, self.compare.number_tolerance if tolerance is None else tolerance):
                 return
         elif isinstance(a, dt.datetime) and isinstance(b, dt.datetime):
             if abs((a - b).total_seconds()) <= (tolerance or 0):

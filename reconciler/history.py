@@ -22,6 +22,7 @@ from reconciler.config import Settings
 from reconciler.errors import RuntimeFailure
 from reconciler.result import Counts, EntityResult, FieldDiff, Finding, FindingKind, RunResult
 from reconciler.sources import postgres as pg_source
+from reconciler.sources.postgres import jsonb_safe, text_safe
 
 RUNS, ENTITIES, FINDINGS = "reconciler_runs", "reconciler_run_entities", "reconciler_findings"
 COUNT_COLUMNS = ("postgres", "firestore", "matched", "mismatched", "missing_in_firestore", "missing_in_postgres")
@@ -152,11 +153,13 @@ class History:
                     "field_counts, findings_truncated, duration_s, outcome, error) VALUES "
                     f"({', '.join(['%s'] * (len(COUNT_COLUMNS) + 9))})",
                     [(r.run_id, e.entity, e.source_of_truth, *(getattr(e.counts, c) for c in COUNT_COLUMNS),
-                      e.counts.drifted, json.dumps(e.field_counts), e.findings_truncated, e.duration_s,
-                      outcome(e.failed, e.has_drift), e.error) for e in r.entities])
+                      e.counts.drifted, json.dumps(jsonb_safe(e.field_counts)), e.findings_truncated, e.duration_s,
+                      outcome(e.failed, e.has_drift), e.error and text_safe(e.error)) for e in r.entities])
+                # a Firestore-only document's ID (or a map key in a field path) may hold NUL: recorded escaped
                 cur.executemany(
                     f"INSERT INTO {FINDINGS} (run_id, entity, key, kind, fields) VALUES (%s, %s, %s, %s, %s)",
-                    [(r.run_id, e.entity, f.key, f.kind.value, list(dict.fromkeys(d.path for d in f.fields)))
+                    [(r.run_id, e.entity, text_safe(f.key), f.kind.value,
+                      list(dict.fromkeys(text_safe(d.path) for d in f.fields)))
                      for e in r.entities for f in e.findings])
         except psycopg.Error as exc:
             raise RuntimeFailure(f"postgres: cannot record run {r.run_id} in the history: {_one_line(exc)}") from None
@@ -224,7 +227,7 @@ class History:
             f"SELECT r.started_at, e.error IS NOT NULL, e.findings_truncated, f.key IS NOT NULL "
             f"FROM {ENTITIES} e JOIN {RUNS} r USING (run_id) "
             f"LEFT JOIN {FINDINGS} f ON f.run_id = e.run_id AND f.entity = e.entity AND f.key = %s "
-            "WHERE e.entity = %s ORDER BY r.started_at DESC", (key, entity))
+            "WHERE e.entity = %s ORDER BY r.started_at DESC", (text_safe(key), entity))
         drifted_at = [started for started, _, _, drifted in rows if drifted]
         since, streak, broken = None, 0, False
         for started, failed, truncated, drifted in rows:

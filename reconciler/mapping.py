@@ -1,8 +1,10 @@
 """Raw records of either side -> the same canonical record, and back (for repair).
 
 The canonical record is a nested dict in Firestore's shape, holding only the fields the rules map, with
-scalars normalised: numbers as int/float, timestamps as aware datetimes, dates as "YYYY-MM-DD", UUIDs and
-inet values as strings, GeoPoints as `values.Geo`, set-like arrays sorted by their key. With
+scalars normalised: numbers as int/float, timestamps as aware datetimes, dates as "YYYY-MM-DD", UUIDs as
+strings, GeoPoints as `values.Geo`, set-like arrays sorted by their key. Values whose Python type would print
+them otherwise than Postgres (inet, cidr, interval, time...) arrive as Postgres's own text (the loaders of
+sources.postgres); values neither Python nor Firestore can hold arrive as `values.PostgresOnly`. With
 `null_equals_absent` (the default) NULL/None values and maps left empty are dropped, so that two records
 that mean the same thing are `==` and the diff can take its fast path.
 """
@@ -10,7 +12,8 @@ that mean the same thing are `==` and the diff can take its fast path.
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
+import math
+import re
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
@@ -20,7 +23,7 @@ from google.cloud.firestore_v1 import GeoPoint
 from google.cloud.firestore_v1.document import DocumentReference
 
 from reconciler.rules.model import Column, CompareOptions, DocumentSpec, Embed, GeoPointRule, Path
-from reconciler.values import FALSE, TRUE, Bool, Geo, Ref, plain
+from reconciler.values import FALSE, TRUE, Bool, Geo, PostgresOnly, Ref, plain, text_instant, to_json
 
 UTC = dt.timezone.utc
 Row = tuple[Any, ...]
@@ -32,9 +35,14 @@ def _datetime(v: dt.datetime) -> dt.datetime:
     return v if v.tzinfo is not None else v.replace(tzinfo=UTC)
 
 
-def _decimal(v: Decimal) -> float | str:
-    # NaN and +-Infinity (numeric columns hold them) become the floats Firestore holds; only sNaN has none
-    return str(v) if v.is_snan() else float(v)
+def _decimal(v: Decimal) -> float | str | PostgresOnly:
+    # NaN and +-Infinity (numeric columns hold them) become the floats Firestore holds; only sNaN has none.
+    # A finite number rounds to the nearest double (tiny ones to 0.0), as every decimal fraction does; one
+    # beyond double range has no nearest double (float() says inf): Firestore cannot hold it
+    if v.is_snan():
+        return str(v)
+    f = float(v)
+    return PostgresOnly(format(v, "f"), "numeric") if math.isinf(f) and v.is_finite() else f
 
 
 def _list(v: Iterable[Any]) -> list[Any]:
@@ -56,10 +64,6 @@ _CANON: dict[type, Callable[[Any], Any]] = {
     dt.date: lambda v: v.isoformat(),
     dt.time: lambda v: v.isoformat(),
     uuid.UUID: str,
-    ipaddress.IPv4Address: str,
-    ipaddress.IPv6Address: str,
-    ipaddress.IPv4Interface: lambda v: str(v.ip) if v.network.prefixlen == v.max_prefixlen else str(v),
-    ipaddress.IPv6Interface: lambda v: str(v.ip) if v.network.prefixlen == v.max_prefixlen else str(v),
     list: _list,
     tuple: _list,
     dict: _dict,
@@ -68,6 +72,7 @@ _CANON: dict[type, Callable[[Any], Any]] = {
     Geo: lambda v: v,
     Bool: lambda v: v,
     Ref: lambda v: v,
+    PostgresOnly: lambda v: v,
 }
 
 
@@ -85,12 +90,12 @@ def canon(value: Any) -> Any:
 
 
 def _as_number(v: Any) -> Any:
-    if isinstance(v, Bool) or v is None:
+    if isinstance(v, (Bool, PostgresOnly)) or v is None:
         return v
     if isinstance(v, (int, float)):
         return v
     try:
-        return float(Decimal(str(v).strip()))
+        return _decimal(Decimal(str(v).strip()))
     except ArithmeticError:
         return v  # not a number: kept as is, so the diff reports it
 
@@ -110,7 +115,8 @@ def _as_date(v: Any) -> Any:
     return v
 
 
-# An explicit `type:` in the rules: applied after canon() on both sides.
+# An explicit `type:` in the rules: applied after canon() on both sides. A PostgresOnly stays one, except as
+# `string`: its text is what Postgres prints, which a string field can hold.
 CONVERSIONS: dict[str, Callable[[Any], Any]] = {
     "decimal_string": _as_number,
     "number": _as_number,
@@ -119,6 +125,51 @@ CONVERSIONS: dict[str, Callable[[Any], Any]] = {
     "date": _as_date,
     "json": lambda v: v,
 }
+
+# ISO-8601 date and time with a zone: an instant. A date alone, or a time without a zone, is not one.
+_ISO_INSTANT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]+)?)?"
+                          r"(?:[Zz]|[+-][0-9]{2}(?::?[0-9]{2})?)")
+
+
+def json_instants(v: Any) -> Any:
+    """`json: {timestamps: iso}`: inside the column's JSON, ISO-8601 text with a zone is the instant it names (a
+    values.TextInstant that keeps the text), so that it equals a Firestore Timestamp of that instant. Compared
+    at microseconds, like every timestamp."""
+    if isinstance(v, str):
+        if _ISO_INSTANT.fullmatch(v) is None:
+            return v
+        try:
+            parsed = dt.datetime.fromisoformat(v.upper().replace(",", ".").replace(" ", "T"))
+        except ValueError:  # 24:00, month 13...: text that only looks like an instant
+            return v
+        return text_instant(v, parsed)
+    if isinstance(v, dict):
+        return {k: json_instants(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [json_instants(x) for x in v]
+    return v
+
+
+def _json_text(v: Any) -> Any:
+    """An instant inside JSON written as text: the text it was read from, else ISO-8601 UTC ('Z', microseconds
+    when it has them), which reads back as exactly that instant."""
+    if isinstance(v, dt.datetime):
+        return to_json(v)
+    if isinstance(v, dict):
+        return {k: _json_text(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_json_text(x) for x in v]
+    return v
+
+
+def conversion(column: Column) -> Callable[[Any], Any] | None:
+    """What the rules apply to the column's value on both sides after canon(): its `type:`, then `json:`."""
+    typed = CONVERSIONS[column.type] if column.type else None
+    if column.json_timestamps is None:
+        return typed
+    if typed is None:
+        return json_instants
+    return lambda v: json_instants(typed(v))
 
 
 # ---------------------------------------------------------------- the shape of a canonical record
@@ -166,7 +217,7 @@ def _insert(root: Branch, path: Path, node: Node) -> None:
 
 
 def _leaf(column: Column) -> Leaf:
-    return Leaf(tolerance=column.tolerance, convert=CONVERSIONS[column.type] if column.type else None)
+    return Leaf(tolerance=column.tolerance, convert=conversion(column))
 
 
 def _section(columns: tuple[Column, ...], geopoints: tuple[GeoPointRule, ...]) -> Branch:
@@ -266,8 +317,7 @@ class _SectionMapper:
     def __init__(self, select: tuple[str, ...], columns: tuple[Column, ...], geopoints: tuple[GeoPointRule, ...],
                  null_equals_absent: bool) -> None:
         index = {name: i + 1 for i, name in enumerate(select)}
-        self.setters = tuple(_Setter(index[c.name], c.path, CONVERSIONS[c.type] if c.type else None)
-                             for c in columns if not c.ignore)
+        self.setters = tuple(_Setter(index[c.name], c.path, conversion(c)) for c in columns if not c.ignore)
         self.geos = tuple(_GeoSetter(index[g.latitude], index[g.longitude], g.path) for g in geopoints)
         self.null_equals_absent = null_equals_absent
 
@@ -359,7 +409,9 @@ class FirestoreMapper:
 # ---------------------------------------------------------------- canonical -> either side (repair)
 
 def to_firestore(node: Node, value: Any) -> Any:
-    """A canonical record -> the Firestore document fields the rules map (GeoPoints restored)."""
+    """A canonical record -> the Firestore document fields the rules map (GeoPoints restored, instants read from
+    JSON text as Timestamps). A values.PostgresOnly stays what it is: no Firestore type holds it, and the write
+    path refuses every value that is not a plain Firestore type."""
     if isinstance(node, Leaf):
         if node.geo and isinstance(value, Geo):
             return GeoPoint(value.latitude, value.longitude)
@@ -373,8 +425,18 @@ def to_firestore(node: Node, value: Any) -> Any:
     return plain(value)
 
 
+def _column_value(column: Column, value: Any) -> Any:
+    """A canonical value as its column takes it: instants inside JSON as text (a JSON column's top-level array only
+    when the rules say it is JSON; a list is otherwise an array column, whose timestamps stay timestamps)."""
+    if isinstance(value, dict) or (isinstance(value, list) and column.json_timestamps is not None):
+        value = _json_text(value)
+    elif isinstance(value, list):
+        value = [_json_text(v) if isinstance(v, (dict, list)) else v for v in value]
+    return plain(value)
+
+
 def _section_row(columns: tuple[Column, ...], geopoints: tuple[GeoPointRule, ...], record: Any) -> dict[str, Any]:
-    row = {c.name: plain(get_path(record, c.path)) for c in columns if not c.ignore}
+    row = {c.name: _column_value(c, get_path(record, c.path)) for c in columns if not c.ignore}
     for g in geopoints:
         geo = get_path(record, g.path)
         row[g.latitude], row[g.longitude] = (geo.latitude, geo.longitude) if isinstance(geo, Geo) else (None, None)
@@ -385,6 +447,7 @@ def to_postgres(doc: DocumentSpec, key: str, record: dict[str, Any]) -> dict[str
     """A canonical record -> rows per table (column -> value), children carrying the parent key.
 
     Values stay canonical (dates as ISO strings, numbers as float): Postgres casts them to the column type.
+    Instants inside JSON become text (json_instants' way back).
     """
     root_row = _section_row(doc.columns, doc.geopoints, record)
     root_row[doc.key] = key

@@ -36,10 +36,54 @@ class Bool:
 TRUE, FALSE = Bool(True), Bool(False)
 
 
+class PostgresOnly:
+    """A value Postgres holds and neither Python's types nor Firestore can (timestamptz 'infinity', a BC date,
+    year 10000, a number beyond double range), as Postgres prints it. Equal only to the same text of the same
+    type, so a field holding one never matches Firestore; no write path may store it (plain() keeps it)."""
+
+    __slots__ = ("text", "type")
+
+    def __init__(self, text: str, type: str) -> None:
+        self.text, self.type = text, type
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PostgresOnly) and other.text == self.text and other.type == self.type
+
+    def __hash__(self) -> int:
+        return hash((PostgresOnly, self.text, self.type))
+
+    def __repr__(self) -> str:
+        return f"{self.type} {self.text!r}"
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class TextInstant(dt.datetime):
+    """An instant read from ISO-8601 text inside JSON (rules: `json: {timestamps: iso}`), which remembers
+    that text so that a write back to JSON keeps it. Equal to any datetime of the same instant.
+    Arithmetic and replace() give instances without text (`text` None)."""
+
+    text: str | None = None
+
+    def __reduce_ex__(self, protocol: Any) -> Any:  # datetime's own would drop the text (copy, pickle)
+        return (text_instant, (self.text, dt.datetime.fromisoformat(self.isoformat())))
+
+
+def text_instant(text: str | None, value: dt.datetime) -> TextInstant:
+    out = TextInstant(value.year, value.month, value.day, value.hour, value.minute, value.second,
+                      value.microsecond, value.tzinfo, fold=value.fold)
+    out.text = text
+    return out
+
+
 def plain(value: Any) -> Any:
-    """Canonical value -> the plain Python value a database client writes (Bool -> bool), recursively."""
+    """Canonical value -> the plain Python value a database client writes (Bool -> bool), recursively.
+    A PostgresOnly stays what it is: no client type can hold it, and the write paths refuse it."""
     if isinstance(value, Bool):
         return value.value
+    if isinstance(value, TextInstant):
+        return dt.datetime.fromisoformat(value.isoformat())
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -84,6 +128,10 @@ def to_json(value: Any) -> Any:
         return {"latitude": value.latitude, "longitude": value.longitude}
     if isinstance(value, Ref):
         return {"reference": value.path}
+    if isinstance(value, PostgresOnly):
+        return value.text
+    if isinstance(value, TextInstant) and value.text is not None:
+        return value.text
     if isinstance(value, dt.datetime):
         if value.tzinfo is not None:
             value = value.astimezone(dt.timezone.utc)
@@ -103,7 +151,8 @@ def to_json(value: Any) -> Any:
 
 # Geo and Ref before tuple; Bool is not an int. Dates are canonical strings and so "string".
 _TYPE_NAMES: tuple[tuple[type, str], ...] = (
-    (Bool, "boolean"), (bool, "boolean"), (Geo, "geopoint"), (Ref, "reference"), (int, "number"),
-    (float, "number"), (Decimal, "number"), (str, "string"), (dt.datetime, "timestamp"), (bytes, "bytes"),
+    (PostgresOnly, "postgres_only"), (Bool, "boolean"), (bool, "boolean"), (Geo, "geopoint"), (Ref, "reference"),
+    (int, "number"), (float, "number"), (Decimal, "number"), (str, "string"), (dt.datetime, "timestamp"),
+    (bytes, "bytes"),
     (dict, "map"), (list, "array"), (tuple, "array"),
 )

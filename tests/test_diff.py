@@ -1,12 +1,16 @@
 """Field-level diff of canonical records: tolerances, NULL == absent, sets, maps, type changes."""
 
+import copy
 import datetime as dt
 
-from reconciler.diff import diff_records
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reconciler.diff import diff_records, same
 from reconciler.mapping import FirestoreMapper, PostgresMapper, shape_of
 from reconciler.rules.loader import parse_entity
 from reconciler.rules.model import CompareOptions
-from reconciler.values import TRUE, Geo
+from reconciler.values import TRUE, Geo, PostgresOnly
 
 RULES = """\
 entity: things
@@ -108,3 +112,65 @@ def test_patterns_generalise_data_dependent_parts():
     out = diff_records(SHAPE, {"sources": {"a": {"id": "1"}}, "tags": [{"kind": "k", "name": "n", "weight": 1}]},
                        {"sources": {"a": {"id": "2"}}, "tags": [{"kind": "k", "name": "n", "weight": 2}]}, CMP)
     assert sorted(f.pattern for f in out) == ["sources.*.id", "tags[].weight"]
+
+
+# ---------------------------------------------------------------- NaN, huge integers, values Firestore cannot hold,
+# and `same` (what repair asks before it writes)
+
+NAN = float("nan")
+
+
+def test_nan_equals_nan_on_both_sides_wherever_it_is():
+    """numeric 'NaN' and float8 'NaN' load as float NaN, as Firestore's NaN does: equal, though NaN != NaN."""
+    for a, b in (({"price": NAN}, {"price": float("nan")}),
+                 ({"payload": {"a": [1, NAN]}}, {"payload": {"a": [1, float("nan")]}}),
+                 ({"tags": [{"kind": "k", "name": "n", "weight": NAN}]},
+                  {"tags": [{"kind": "k", "name": "n", "weight": float("nan")}]}),
+                 ({"tags": [{"kind": "k", "name": "n", "weight": NAN}] * 2},
+                  {"tags": [{"kind": "k", "name": "n", "weight": float("nan")}] * 2})):
+        assert diff_records(SHAPE, a, b, CMP) == (), a
+        assert same(SHAPE, a, b, CMP) and same(SHAPE, a, copy.deepcopy(a), CMP)
+    assert not same(SHAPE, {"price": NAN}, {"price": 1.0}, CMP)
+    assert not same(SHAPE, {"price": NAN}, {}, CMP)
+
+
+def test_an_integer_beyond_double_range_is_compared_not_crashed_on():
+    """jsonb keeps 1e400 as an exact integer; against a double, `a - b` would raise OverflowError."""
+    for other in (1.0, float("inf"), 1e308):
+        assert paths({"payload": {"big": 10**400}}, {"payload": {"big": other}}) == {
+            "payload.big": (10**400, other)}
+        assert paths({"price": 10**400}, {"price": other}) == {"price": (10**400, other)}
+    assert paths({"payload": {"big": 10**400}}, {"payload": {"big": 10**400}}) == {}
+    assert paths({"payload": {"big": 10**400}}, {"payload": {"big": 10**400 + 1}}) != {}
+
+
+def test_a_value_firestore_cannot_hold_is_a_type_mismatch_whatever_firestore_has():
+    inf = PostgresOnly("infinity", "timestamptz")
+    for fs in ({"seenAt": T0}, {"seenAt": "infinity"}, {"seenAt": None}, {}):
+        out = diff_records(SHAPE, {"seenAt": inf}, fs, CMP)
+        assert [(d.path, d.kind) for d in out] == [("seenAt", "type_mismatch")], fs
+    assert same(SHAPE, {"seenAt": inf}, {"seenAt": PostgresOnly("infinity", "timestamptz")}, CMP)
+    assert not same(SHAPE, {"seenAt": inf}, {"seenAt": PostgresOnly("-infinity", "timestamptz")}, CMP)
+
+
+def test_same_applies_the_rules_tolerances_null_equals_absent_and_sets():
+    a = {"price": 10.0, "payload": {"x": None}, "tags": [{"kind": "a", "name": "1"}, {"kind": "b", "name": "2"}]}
+    b = {"price": 10.0005, "payload": {}, "tags": [{"kind": "b", "name": "2"}, {"kind": "a", "name": "1"}]}
+    assert same(SHAPE, a, b, CMP)
+    assert not same(SHAPE, a, {**b, "price": 10.1}, CMP)
+    assert same(SHAPE, None, None, CMP) and not same(SHAPE, a, None, CMP)
+
+
+canonical_numbers = st.one_of(st.floats(), st.integers(-(10**30), 10**30), st.just(10**400))
+json_like = st.recursive(st.one_of(canonical_numbers, st.text(max_size=3), st.none()),
+                         lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                 st.dictionaries(st.text(min_size=1, max_size=3), inner, max_size=3)),
+                         max_leaves=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(price=canonical_numbers, payload=st.dictionaries(st.text(min_size=1, max_size=3), json_like, max_size=3))
+def test_a_record_is_the_same_as_its_copy_whatever_its_numbers(price, payload):
+    record = {"id": "x", "price": price, "payload": payload} if payload else {"id": "x", "price": price}
+    assert diff_records(SHAPE, record, copy.deepcopy(record), CMP) == ()
+    assert same(SHAPE, record, copy.deepcopy(record), CMP)

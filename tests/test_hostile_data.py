@@ -10,10 +10,19 @@ import json
 import math
 
 import psycopg
+import pytest
 from click.testing import CliRunner
+from google.cloud import firestore
 from google.cloud.firestore_v1 import GeoPoint
+from google.cloud.firestore_v1 import _helpers as fs_helpers
 
+from reconciler import engine
 from reconciler.cli import main
+from reconciler.keys import Scope
+from reconciler.mapping import PostgresMapper, shape_of, to_firestore
+from reconciler.repair import Options
+from reconciler.sources import postgres as pg_source
+from reconciler.values import PostgresOnly
 
 NUL_EMOJI = "nul\x00byte 🙂 \u202e rtl"
 
@@ -159,3 +168,54 @@ def _walk(value):
             yield from _walk(v)
     else:
         yield value
+
+
+def test_values_python_cannot_hold_are_findings_on_their_field(customers_loaded, fs_client, pg_dsn):
+    """timestamptz 'infinity', a BC date, year 10000, a jsonb number beyond double range: each is a type_mismatch
+    on its own field (also where Firestore lacks the field), never a failed entity; what repair would write to
+    Firestore keeps them as values.PostgresOnly, which no Firestore type holds (the client refuses to encode it)."""
+    settings, people = customers_loaded
+    with_metrics = [p for p in people if p.tables.get("customer_metrics")]
+    a, b, c = (p.id for p in with_metrics[:3])
+    huge = "1" + "0" * 400 + ".5"  # jsonb prints it whole; as a double it would be inf
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("UPDATE customers SET created_at = 'infinity', last_active_at = '-infinity', "
+                     "deleted_at = '10000-01-01 00:00:00+00' WHERE id = %s", (a,))
+        conn.execute("UPDATE customer_metrics SET first_order_date = '0044-03-15 BC', last_order_date = '10000-01-01' "
+                     "WHERE customer_id = %s", (b,))
+        conn.execute(f"UPDATE customers SET custom_attributes = '{{\"huge\": {huge}, \"big\": 1e400}}' WHERE id = %s",
+                     (c,))
+    fs_client.collection("customers").document(a).update({"deletedAt": firestore.DELETE_FIELD})
+
+    (e,) = engine.run_audit(settings, ["customers"], repair=Options()).entities
+    assert e.error is None, e.error
+    found = {(f.key.rpartition("/")[2], d.path): d for f in e.findings for d in f.fields}
+    for key, path, text in ((a, "createdAt", "infinity"), (a, "lastActiveAt", "-infinity"),
+                            (a, "deletedAt", "10000-01-01 00:00:00+00"),  # Firestore has no deletedAt at all
+                            (b, "metrics.firstOrderDate", "0044-03-15 BC"), (b, "metrics.lastOrderDate", "10000-01-01"),
+                            (c, "customAttributes.huge", huge)):
+        d = found[(key, path)]
+        assert d.kind == "type_mismatch" and isinstance(d.postgres, PostgresOnly) and d.postgres.text == text, d
+    assert found[(c, "customAttributes.big")].postgres == 10**400  # an integer: exact, not a PostgresOnly
+
+    rules = engine.load_rules(settings, ["customers"])[0]
+    shape = shape_of(rules.root)
+    for drift in (d for d in e.findings if d.key.endswith((a, b, c))):
+        assert drift.repair is not None  # planned (or skipped), never a crash
+    # the canonical Postgres record written Firestore's way keeps them unwritable
+    conn = pg_source.connect(pg_dsn)
+    try:
+        schema = pg_source.fetch_schema(conn, rules.tables())
+        pg_source.begin_snapshot(conn)
+        records = {k[0]: PostgresMapper(rules.root, rules.compare).record(*raw)
+                   for k, raw in pg_source.PostgresReader(conn, schema).stream(rules.root, Scope(ids=(a, b, c)))}
+    finally:
+        conn.close()
+    document = to_firestore(shape, records[a])
+    assert document["createdAt"] == PostgresOnly("infinity", "timestamptz")
+    for value in (document["createdAt"], to_firestore(shape, records[b])["metrics"]["firstOrderDate"],
+                  to_firestore(shape, records[c])["customAttributes"]["huge"]):
+        with pytest.raises(TypeError):
+            fs_helpers.encode_value(value)
+    with pytest.raises(ValueError):  # an integer beyond int64: Firestore refuses it too
+        fs_helpers.encode_value(to_firestore(shape, records[c])["customAttributes"]["big"])

@@ -132,3 +132,20 @@ def test_schema_check_names_missing_referenced_tables_and_columns():
     schema["others"] = {"id": "uuid"}
     errors = [str(e) for e in check_against_schema(r, schema)]
     assert "things.yaml:9: references: column others.doc_id does not exist (columns: id)" in errors
+
+
+def test_a_rules_file_that_is_not_utf8_is_a_rules_error_naming_the_file_line_and_byte(tmp_path):
+    from click.testing import CliRunner
+
+    from reconciler.cli import main
+
+    (tmp_path / "things.yaml").write_bytes(MINIMAL.encode().replace(b"display_name", b"display_n\xe4me"))
+    with pytest.raises(RulesError) as err:
+        load_entity(tmp_path, "things")
+    offset = MINIMAL.encode().index(b"display_name") + len("display_n")
+    assert err.value.file == str(tmp_path / "things.yaml") and err.value.line == 8
+    assert f"byte {offset} (0xe4)" in str(err.value)
+    r = CliRunner(env={"RECONCILER_RULES_DIR": str(tmp_path)}).invoke(
+        main, ["rules", "check", "--entity", "things", "--offline"])
+    assert r.exit_code == 2, r.output
+    assert f"things.yaml:8: not UTF-8: byte {offset}" in r.output and "UnicodeDecodeError" not in r.output

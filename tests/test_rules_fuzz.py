@@ -1,5 +1,6 @@
-"""Rules files fuzzed with hypothesis: any text, and any structure near the valid grammar, either loads or
-gives a RulesError that names the file and a line. Never another exception (a traceback for the user)."""
+"""Rules files fuzzed with hypothesis: any text, any bytes (a file need not be UTF-8), and any structure near the
+valid grammar, either loads or gives a RulesError that names the file and a line. Never another exception (a
+traceback for the user)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ values = st.recursive(scalars, lambda inner: st.one_of(
                                                  max_size=4)), max_leaves=12)
 
 
-def _check(text: str) -> None:
+def _check(text: str | bytes) -> None:
     try:
         parse_entity(text, FILE)
     except RulesError as exc:
@@ -77,6 +78,24 @@ def test_the_valid_base_loads():
 @given(st.text(max_size=300))
 def test_any_text(text):
     _check(text)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300))
+def test_any_bytes(data):
+    _check(data)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_a_valid_file_with_bytes_spliced_in(data):
+    """Mostly valid UTF-8 around a few stray bytes: lone continuation bytes, truncated sequences, overlongs."""
+    base = _dump(VALID).encode()
+    at = data.draw(st.integers(0, len(base)))
+    junk = data.draw(st.one_of(st.binary(min_size=1, max_size=4),
+                               st.sampled_from([b"\x80", b"\xc3", b"\xe2\x82", b"\xc0\xaf", b"\xed\xa0\x80", b"\xff",
+                                                b"\xef\xbb\xbf", b"\x00"])))
+    _check(base[:at] + junk + base[at:])
 
 
 @settings(max_examples=300, deadline=None)

@@ -32,7 +32,9 @@ COMPARE_KEYS = {"null_equals_absent", "number_tolerance"}
 EMBED_KEYS = {"table", "join", "as", "into", "columns", "geopoints", "order_by", "map_key", "set_key", "description",
               "join_references", "where"}
 SUB_KEYS = {"collection", "table", "key", "parent", "parent_references", "columns", "geopoints", "description"}
-COLUMN_KEYS = {"field", "ignore", "tolerance", "type", "references"}
+COLUMN_KEYS = {"field", "ignore", "tolerance", "type", "references", "json"}
+JSON_KEYS = {"timestamps"}
+JSON_TIMESTAMPS = ("iso",)
 REFERENCE_KEYS = {"table", "column", "join"}
 GEO_KEYS = {"field", "latitude", "longitude", "tolerance"}
 EMBED_KINDS = ("one", "latest", "map", "set")
@@ -161,8 +163,25 @@ def _columns(section: CommentedMap, what: str, ctx: _Ctx) -> tuple[Column, ...]:
         field = ctx.string(opts, "field", colwhat) or ctx.naming(name)
         columns.append(Column(name=name, path=_path(field, ctx, line), line=line or 0, ignore=ignore,
                               tolerance=ctx.number(opts, "tolerance", colwhat), type=conv,
-                              references=_reference(opts, "references", colwhat, ctx)))
+                              references=_reference(opts, "references", colwhat, ctx),
+                              json_timestamps=_json_timestamps(opts, colwhat, conv, ctx)))
     return tuple(columns)
+
+
+def _json_timestamps(opts: CommentedMap, what: str, conv: str | None, ctx: _Ctx) -> Any:
+    """`json: {timestamps: iso}`: inside this JSON column, ISO-8601 text with a zone is an instant."""
+    node = opts.get("json")
+    if node is None:
+        return None
+    line = ctx.line_of(opts, "json")
+    ctx.mapping(node, f"{what}.json", JSON_KEYS, line, required=("timestamps",))
+    value = node.get("timestamps")
+    if value not in JSON_TIMESTAMPS:
+        raise ctx.error(f"{what}.json.timestamps must be one of {', '.join(JSON_TIMESTAMPS)}, got {value!r}",
+                        ctx.line_of(node, "timestamps"))
+    if conv not in (None, "json"):
+        raise ctx.error(f"{what}.json applies to JSON values, not to `type: {conv}`", line)
+    return value
 
 
 def _geopoints(section: CommentedMap, what: str, ctx: _Ctx) -> tuple[GeoPointRule, ...]:
@@ -281,8 +300,19 @@ def _failing_node_line(exc: BaseException) -> int:
     return line
 
 
-def parse_entity(text: str, file: str, expected_entity: str | None = None) -> EntityRules:
-    """Parse and validate one rules file's text (no database needed)."""
+def decode(data: bytes, file: str) -> str:
+    """A rules file's bytes as text: UTF-8, or a RulesError at the first byte that is not."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RulesError(f"not UTF-8: byte {exc.start} (0x{data[exc.start]:02x}) cannot be decoded ({exc.reason})",
+                         file=file, line=data.count(b"\n", 0, exc.start) + 1) from None
+
+
+def parse_entity(text: str | bytes, file: str, expected_entity: str | None = None) -> EntityRules:
+    """Parse and validate one rules file's text or bytes (no database needed)."""
+    if isinstance(text, bytes):
+        text = decode(text, file)
     yaml = YAML(typ="rt")
     try:
         data = yaml.load(text)
@@ -364,7 +394,11 @@ def load_entity(rules_dir: FsPath, entity: str) -> EntityRules:
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in rules_dir.glob("*.yaml"))) or "none"
         raise RulesError(f"no rules for entity {entity!r} (looked for {path}; entities with rules: {known})")
-    return parse_entity(path.read_text(encoding="utf-8"), str(path), expected_entity=entity)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RulesError(f"cannot read the rules: {exc.strerror or exc}", file=str(path)) from None
+    return parse_entity(data, str(path), expected_entity=entity)
 
 
 def load_rules_dir(rules_dir: FsPath) -> dict[str, EntityRules]:

@@ -37,6 +37,7 @@ class Column:
     tolerance: float | None = None  # numbers: absolute; timestamps: seconds
     type: str | None = None  # an explicit conversion (see mapping.CONVERSIONS); None: by value type
     references: Reference | None = None
+    json_timestamps: Literal["iso"] | None = None  # `json: {timestamps: iso}`: ISO text inside it is an instant
 
 
 @dataclass(frozen=True)

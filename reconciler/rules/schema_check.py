@@ -42,6 +42,9 @@ def check_against_schema(rules: EntityRules, schema: dict[str, dict[str, str]]) 
                 continue
             for c in columns:
                 need(table, c.name, c.line, "columns")
+                udt = schema[table].get(c.name)
+                if c.json_timestamps is not None and udt is not None and udt.lstrip("_") not in ("json", "jsonb"):
+                    err(f"columns: {table}.{c.name} is {udt}, not json or jsonb: `json:` does not apply", c.line)
             for g in geopoints:
                 for col in (g.latitude, g.longitude):
                     need(table, col, g.line, "geopoints")

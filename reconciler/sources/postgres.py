@@ -10,25 +10,38 @@ document (embeds) are streamed in the same order and grouped to their parent as 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import json
+import math
 import re
+import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
+from psycopg.adapt import Loader
+from psycopg.pq import Format
+from psycopg.types.json import Jsonb, set_json_loads
+from psycopg.types.string import TextLoader
 
 from reconciler.errors import ConfigError, RuntimeFailure
 from reconciler.keys import Key, Scope, SortKey, numeric_id, order_text
 from reconciler.rules.model import Column, DocumentSpec, Embed, Reference
+from reconciler.values import PostgresOnly
 
+T = TypeVar("T")
 Row = tuple[Any, ...]
 Schema = dict[str, dict[str, str]]  # table -> column -> type name (udt_name: uuid, text, numeric, ...)
 RawRecord = tuple[Row, tuple[list[Row], ...]]  # (row: key text + selected columns, embedded rows per embed)
 
 
-def connect(dsn: str, *, application_name: str = "reconciler") -> psycopg.Connection:
-    """Connect (an empty DSN means libpq's PG* environment variables) with UTC timestamps."""
+def connect(dsn: str, *, application_name: str = "reconciler", lock_timeout_s: float = 0,
+            statement_timeout_s: float = 0) -> psycopg.Connection:
+    """Connect (an empty DSN means libpq's PG* environment variables) with UTC timestamps, ISO dates and the
+    tool's loaders (register_loaders). `lock_timeout_s`/`statement_timeout_s` (0: off) bound, for every
+    statement of the session, the wait for a lock and the time a statement may run: a lock held forever must
+    fail the run with a cause, not hang it."""
     try:
         psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
@@ -39,9 +52,107 @@ def connect(dsn: str, *, application_name: str = "reconciler") -> psycopg.Connec
         conn = psycopg.connect(dsn, connect_timeout=10, application_name=application_name)
     except psycopg.Error as exc:
         raise RuntimeFailure(f"postgres: cannot connect: {_one_line(exc)}") from None
-    conn.execute("SET TIME ZONE 'UTC'")
-    conn.commit()
+    register_loaders(conn)
+    _TIMEOUTS[conn] = {"lock_timeout": lock_timeout_s, "statement_timeout": statement_timeout_s}
+    # the text of dates, intervals and floats is the canonical form of some values: the same whatever the server's
+    # defaults (extra_float_digits >= 1: floats print exactly, shortest form)
+    settings = {"TimeZone": "UTC", "DateStyle": "ISO", "IntervalStyle": "postgres", "extra_float_digits": "1",
+                "lock_timeout": _ms(lock_timeout_s), "statement_timeout": _ms(statement_timeout_s)}
+    try:
+        conn.execute("SELECT " + ", ".join(["set_config(%s, %s, false)"] * len(settings)),
+                     [x for kv in settings.items() for x in kv])
+        conn.commit()
+    except psycopg.Error as exc:
+        conn.close()
+        raise RuntimeFailure(f"postgres: cannot set up the session: {_one_line(exc)}") from None
     return conn
+
+
+def _ms(seconds: float) -> str:
+    return f"{max(1, round(seconds * 1000))}ms" if seconds > 0 else "0"
+
+
+# per connection, the timeouts it was opened with: named in the error when one fires
+_TIMEOUTS: weakref.WeakKeyDictionary[psycopg.Connection, dict[str, float]] = weakref.WeakKeyDictionary()
+_SETTING = {"lock_timeout": "postgres.lock_timeout_s", "statement_timeout": "postgres.statement_timeout_s"}
+
+
+def failure(conn: psycopg.Connection, exc: psycopg.Error, doing: str = "") -> RuntimeFailure:
+    """The RuntimeFailure for a failed statement; one cancelled by a timeout of ours says which, and how to raise it."""
+    message = f"postgres: {doing + ': ' if doing else ''}{_one_line(exc)}"
+    fired = timeout_fired(exc)
+    if fired is not None:
+        limit = _TIMEOUTS.get(conn, {}).get(fired, 0)
+        message += (f" ({_SETTING[fired]} = {limit:g} s fired: raise it in the config, or 0 to wait without limit)"
+                    if limit else f" (the server's {fired} fired; {_SETTING[fired]} in the config sets our own)")
+    return RuntimeFailure(message)
+
+
+def timeout_fired(exc: BaseException) -> str | None:
+    """"lock_timeout" or "statement_timeout" when that cancelled the statement, else None."""
+    if isinstance(exc, psycopg.errors.LockNotAvailable) and "lock timeout" in str(exc):
+        return "lock_timeout"
+    if isinstance(exc, psycopg.errors.QueryCanceled) and "statement timeout" in str(exc):
+        return "statement_timeout"
+    return None
+
+
+# ---------------------------------------------------------------- loading values
+
+class _OrPostgresOnly(Loader):
+    """psycopg's own loader of the type; a value it refuses (beyond Python's range: 'infinity', BC, year
+    10000) becomes a values.PostgresOnly holding Postgres's text, a finding on its field, not a failed entity."""
+
+    base: type[Loader]
+    type_name: str
+
+    def __init__(self, oid: int, context: Any = None) -> None:
+        super().__init__(oid, context)
+        self._load = self.base(oid, context).load
+
+    def load(self, data: Any) -> Any:
+        try:
+            return self._load(data)
+        except psycopg.DataError:
+            return PostgresOnly(bytes(data).decode(), self.type_name)
+
+
+def _or_postgres_only(type_name: str) -> type[Loader]:
+    base = psycopg.adapters.get_loader(psycopg.adapters.types[type_name].oid, Format.TEXT)
+    return type(f"{type_name}_or_postgres_only", (_OrPostgresOnly,), {"base": base, "type_name": type_name})
+
+
+# The canonical form of these is Postgres's own text: Python's types print some of them otherwise
+# (str(IPv6Address) writes ::ffff:1.2.3.4 in hex, a timedelta has no months, time() no 24:00:00)
+_TEXT_TYPES = ("inet", "cidr", "interval", "time", "timetz", "int4range", "int8range", "numrange", "daterange",
+               "tsrange", "tstzrange", "int4multirange", "int8multirange", "nummultirange", "datemultirange",
+               "tsmultirange", "tstzmultirange")
+_OR_POSTGRES_ONLY = tuple(_or_postgres_only(t) for t in ("date", "timestamp", "timestamptz"))
+def _json_float(text: str) -> Any:
+    value = float(text)
+    return PostgresOnly(text, "numeric") if math.isinf(value) else value
+
+
+# json.loads would make a number beyond double range float inf, a value Postgres does not hold (jsonb prints
+# 1e400 whole, 401 digits, an exact int; 1e400 + 0.5, or json's own text "1e400", would be inf). The float hook
+# costs a call per non-integer number; a decoder built once, on text, is still faster than json.loads(bytes)
+# for the documents here (measured: 0.9-1.7 us against 1.6-2.3 us; +0.3 us with 8 floats)
+_JSON = json.JSONDecoder(parse_float=_json_float)
+
+
+def json_loads(data: bytes) -> Any:
+    """JSON as the database holds it: integers exact (any size), other numbers the nearest double, a number
+    beyond double range a PostgresOnly."""
+    return _JSON.decode(data.decode())
+
+
+def register_loaders(conn: psycopg.Connection) -> None:
+    """Every value loader of the tool, for every connection it opens (connect() calls this)."""
+    for name in _TEXT_TYPES:
+        conn.adapters.register_loader(name, TextLoader)
+    for loader in _OR_POSTGRES_ONLY:
+        conn.adapters.register_loader(loader.type_name, loader)
+    set_json_loads(json_loads, conn)
 
 
 def lost(conn: psycopg.Connection) -> bool:
@@ -78,9 +189,10 @@ def fetch_schema(conn: psycopg.Connection, tables: tuple[str, ...]) -> Schema:
 
 
 def _castable(ids: tuple[str, ...], udt: str) -> list[str]:
-    """The IDs that can be values of a column of this type: the others cannot match any row."""
+    """The IDs that can be values of a column of this type: the others cannot match any row (nor be sent: Postgres
+    text cannot hold NUL, so an ID with one is no key of any row)."""
     pattern = _ID_PATTERNS.get(udt)
-    return [i for i in ids if pattern is None or pattern.fullmatch(i)]
+    return [i for i in ids if "\x00" not in i and (pattern is None or pattern.fullmatch(i))]
 
 
 # a key's text is a document ID only in this form (uuid::text is lowercase), so other IDs match no row
@@ -113,21 +225,26 @@ def order_terms(column: str, udt: str, alias: str = "t") -> list[sql.Composable]
 
 def range_condition(column: str, udt: str, op: str, bound: str, alias: str = "t") -> tuple[sql.Composable, list[Any]]:
     """`key op bound` in Firestore's key order (op: ">=" or "<"), as order_terms sort: a UUID column
-    compares natively (its index serves the range); other keys compare as the row of their sort terms."""
+    compares natively (its index serves the range); other keys compare as the row of their sort terms.
+    A bound with a NUL (a Firestore-only ID: Postgres text cannot hold one, nor be sent one) sorts right after
+    its text before the NUL, and no key lies between them: `>= "a\\0b"` is `> "a"`, `< "a\\0b"` is `<= "a"`."""
+    text = bound
+    if "\x00" in bound:  # such a bound is neither a UUID nor a numeric ID: it compares as text
+        text, op = bound[:bound.index("\x00")], {">=": ">", "<": "<="}[op]
     if udt == "uuid":
         if _ID_PATTERNS["uuid"].fullmatch(bound):
             return sql.SQL("{}.{} " + op + " %s::uuid").format(sql.Identifier(alias), sql.Identifier(column)), [bound]
         if numeric_id(bound) is not None:  # a numeric ID sorts before every UUID
             return sql.SQL("TRUE" if op == ">=" else "FALSE"), []
-        return sql.SQL("{} " + op + ' %s COLLATE "C"').format(_text(column, alias)), [bound]
-    text = _text(column, alias)
-    numeric = sql.SQL("{} ~ '^__id-?[0-9]+__$'").format(text)
+        return sql.SQL("{} " + op + ' %s COLLATE "C"').format(_text(column, alias)), [text]
+    key = _text(column, alias)
+    numeric = sql.SQL("{} ~ '^__id-?[0-9]+__$'").format(key)
     row = sql.SQL("(CASE WHEN {n} THEN 0 ELSE 1 END, "
                   "COALESCE(CASE WHEN {n} THEN substring({t} from 5 for length({t}) - 6)::numeric END, 0), "
-                  '{t} COLLATE "C")').format(n=numeric, t=text)
+                  '{t} COLLATE "C")').format(n=numeric, t=key)
     number = numeric_id(bound)
     cond = sql.SQL("{} " + op + " (%s::int, %s::numeric, %s::text)").format(row)
-    return cond, [0, number, bound] if number is not None else [1, 0, bound]
+    return cond, [0, number, bound] if number is not None else [1, 0, text]
 
 
 def sample_split_points(conn: psycopg.Connection, table: str, key: str, udt: str, n: int,
@@ -150,7 +267,7 @@ def sample_split_points(conn: psycopg.Connection, table: str, key: str, udt: str
             _text(key), sql.Identifier(table), where, sql.SQL(", ").join(order_terms(key, udt)))
         cuts = [conn.execute(query, [*params, total * i // n, look_ahead]).fetchall() for i in range(1, n)]
     except psycopg.Error as exc:
-        raise RuntimeFailure(f"postgres: {_one_line(exc)}") from None
+        raise failure(conn, exc) from None
     points = (next((row[0] for row in rows if usable(row[0])), None) for rows in cuts)
     return [p for p in points if p is not None]
 
@@ -172,7 +289,7 @@ def changed_keys(conn: psycopg.Connection, doc: DocumentSpec, column: str, since
         # a row whose referenced parent is gone has no document path: nothing to audit it against
         return [tuple(r) for r in conn.execute(query, [since]) if r[0] is not None]
     except psycopg.Error as exc:
-        raise RuntimeFailure(f"postgres: {_one_line(exc)}") from None
+        raise failure(conn, exc) from None
 
 
 class PostgresReader:
@@ -194,13 +311,17 @@ class PostgresReader:
                 cur.execute(query, params)
                 yield from cur
         except psycopg.Error as exc:
-            raise RuntimeFailure(f"postgres: {_one_line(exc)}") from None
+            raise failure(self.conn, exc) from None
 
     def _select(self, table: str, keys: list[tuple[str, Reference | None]], columns: tuple[str, ...],
-                refs: dict[str, Reference | None], scope: Scope, extra_order: list[sql.Composable] = (),
+                mapped: tuple[Column, ...], scope: Scope, extra_order: list[sql.Composable] = (),
                 where: tuple[tuple[str, str], ...] = ()) -> tuple[sql.Composable, list[Any]]:
         """SELECT keys (as text) and columns, in key order; the scope applies to the first key. A column with a
-        Reference is read (and ordered, and scoped) as the referenced row's column, through a LEFT JOIN."""
+        Reference is read (and ordered, and scoped) as the referenced row's column, through a LEFT JOIN. A column
+        the rules compare as `type: string` is read as Postgres's text of it (its output function: concat()),
+        not as what Python would print of the loaded value."""
+        refs = {c.name: c.references for c in mapped if c.references is not None}
+        texts = {c.name for c in mapped if c.type == "string"}
         joins: list[sql.Composable] = []
 
         def term(column: str, ref: Reference | None) -> tuple[str, str, str]:  # (alias, column, type)
@@ -212,8 +333,10 @@ class PostgresReader:
 
         key_terms = [term(k, ref) for k, ref in keys]
         col_terms = [term(c, refs.get(c)) for c in columns]
-        select = ([_text(c, a) for a, c, _ in key_terms]
-                  + [sql.SQL("{}.{}").format(sql.Identifier(a), sql.Identifier(c)) for a, c, _ in col_terms])
+        values = [sql.SQL("{}.{}").format(sql.Identifier(a), sql.Identifier(c)) for a, c, _ in col_terms]
+        values = [sql.SQL("CASE WHEN {v} IS NULL THEN NULL ELSE concat({v}) END").format(v=v) if name in texts else v
+                  for name, v in zip(columns, values)]
+        select = [_text(c, a) for a, c, _ in key_terms] + values
         order = [t for a, c, udt in key_terms for t in order_terms(c, udt, a)] + list(extra_order)
         conditions, params = [], []
         for column, value in where:  # str parameters are sent untyped: Postgres reads them as the column's type
@@ -243,7 +366,7 @@ class PostgresReader:
             yield from self._stream_children(doc, scope)
 
     def _stream_root(self, doc: DocumentSpec, scope: Scope) -> Iterator[tuple[Key, RawRecord]]:
-        query, params = self._select(doc.table, [(doc.key, None)], doc.select_columns, _refs(doc.columns), scope)
+        query, params = self._select(doc.table, [(doc.key, None)], doc.select_columns, doc.columns, scope)
         embeds = [_Grouped(self._embed_rows(e, scope)) for e in doc.embeds]
         for row in self._cursor_rows(query, params):
             root_id = row[0]
@@ -257,14 +380,14 @@ class PostgresReader:
         if embed.order_by:  # `latest`: the newest row of each parent comes first
             extra = [sql.SQL("t.{} DESC NULLS LAST").format(sql.Identifier(embed.order_by))]
         query, params = self._select(embed.table, [(embed.join, embed.join_references)], embed.select_columns,
-                                     _refs(embed.columns), scope, extra, embed.where)
+                                     embed.columns, scope, extra, embed.where)
         for row in self._cursor_rows(query, params):
             yield (order_text(row[0]),), row
 
     def _stream_children(self, doc: DocumentSpec, scope: Scope) -> Iterator[tuple[Key, RawRecord]]:
         assert doc.parent is not None
         query, params = self._select(doc.table, [(doc.parent, doc.parent_references), (doc.key, None)],
-                                     doc.select_columns, _refs(doc.columns), scope)
+                                     doc.select_columns, doc.columns, scope)
         wanted = None if scope.keys is None else set(scope.keys)  # `ids` (the parents) narrowed the query
         for row in self._cursor_rows(query, params):
             if scope.past_upper(row[0]):
@@ -277,10 +400,6 @@ def _join(ref: Reference, column: str, alias: str) -> sql.Composable:
     """The referenced row of t.column, as `alias` (LEFT: a dangling reference keeps its row, with NULLs)."""
     return sql.SQL(" LEFT JOIN {} AS {a} ON {a}.{} = t.{}").format(
         sql.Identifier(ref.table), sql.Identifier(ref.join), sql.Identifier(column), a=sql.Identifier(alias))
-
-
-def _refs(columns: tuple[Column, ...]) -> dict[str, Reference | None]:
-    return {c.name: c.references for c in columns if c.references is not None}
 
 
 class _Grouped:
@@ -358,11 +477,17 @@ def _where(key: dict[str, Any]) -> tuple[sql.Composable, list[Any]]:
     return sql.SQL(" AND ").join(terms), params
 
 
+def text_safe(value: str) -> str:
+    """Postgres text cannot hold NUL characters (a Firestore ID or field name may): written as the text \\u0000,
+    for people to read; such text is never a key to look a row up by."""
+    return value.replace("\x00", "\\u0000")
+
+
 def jsonb_safe(value: Any) -> Any:
     """jsonb cannot hold NUL characters: they are written as the text \\u0000 (audit trails and checkpoints are
     for people to read; the value itself is never written back)."""
     if isinstance(value, str):
-        return value.replace("\x00", "\\u0000")
+        return text_safe(value)
     if isinstance(value, dict):
         return {jsonb_safe(k): jsonb_safe(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -374,6 +499,21 @@ def _adapt(value: Any, udt: str) -> Any:
     return Jsonb(value) if udt in ("json", "jsonb") and value is not None else value
 
 
+def _naming_timeouts(fn: Callable[..., T]) -> Callable[..., T]:
+    """A write cancelled by one of our timeouts fails as a RuntimeFailure that names it; other errors stay as they
+    are (the repair tells a serialization failure, a concurrent change, from a failed write)."""
+    @functools.wraps(fn)
+    def wrapper(conn: psycopg.Connection, *args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(conn, *args, **kwargs)
+        except psycopg.Error as exc:
+            if timeout_fired(exc) is None:
+                raise
+            raise failure(conn, exc) from None
+    return wrapper
+
+
+@_naming_timeouts
 def upsert_row(conn: psycopg.Connection, table: str, key: dict[str, Any], values: dict[str, Any],
                types: dict[str, str]) -> str:
     """UPDATE the row with these key values, or INSERT it when there is none (no unique constraint needed).
@@ -397,11 +537,13 @@ def upsert_row(conn: psycopg.Connection, table: str, key: dict[str, Any], values
     return "insert"
 
 
+@_naming_timeouts
 def delete_rows(conn: psycopg.Connection, table: str, key: dict[str, Any]) -> int:
     where, params = _where(key)
     return conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(sql.Identifier(table), where), params).rowcount
 
 
+@_naming_timeouts
 def copy_rows(conn: psycopg.Connection, table: str, key: dict[str, Any]) -> list[Any]:
     """Every column of the matching rows, as JSON: the copy a report keeps of what was deleted."""
     where, params = _where(key)
@@ -428,4 +570,4 @@ def rows_of(conn: psycopg.Connection, schema: Schema, table: str, column: str, d
             names = [d.name for d in cur.description or ()]
             return [dict(zip(names, row)) for row in cur]
     except psycopg.Error as exc:
-        raise RuntimeFailure(f"postgres: {_one_line(exc)}") from None
+        raise failure(conn, exc) from None
