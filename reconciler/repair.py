@@ -35,7 +35,6 @@ import functools
 import hashlib
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -46,7 +45,7 @@ from google.cloud.firestore_v1.field_path import FieldPath
 
 from reconciler import stop
 from reconciler.config import Settings
-from reconciler.diff import diff_records, node_differs
+from reconciler.diff import node_differs, same
 from reconciler.errors import MissingPrivileges, RuntimeFailure
 from reconciler.keys import Key, Scope
 from reconciler.mapping import (Branch, KeyedMap, KeyedSet, Leaf, Node, PostgresMapper, canon, project,
@@ -548,7 +547,7 @@ class _Applier:
         shape = self.shapes.get(id(doc))
         if shape is None:
             shape = self.shapes[id(doc)] = shape_of(doc)
-        return (now is None) != (seen is None) or bool(diff_records(shape, now, seen, self.rules.compare))
+        return (now is None) != (seen is None) or not same(shape, now, seen, self.rules.compare)
 
     # ---- toward Firestore: the Postgres truth re-read in one snapshot, the trail written ahead, one batch
 
@@ -784,27 +783,13 @@ def _holds(write: dict[str, Any], doc: FsDoc | None) -> bool:
 
 
 def _trail_json(value: Any) -> str:
-    """JSON jsonb takes: NUL characters and non-finite numbers (NaN in a GeoPoint...) written as text."""
-    value = pg_source.jsonb_safe(value)
-    try:
-        return json.dumps(value, default=str, allow_nan=False)
-    except ValueError:  # rare: walk the value only then
-        return json.dumps(_finite(value), default=str, allow_nan=False)
+    """JSON jsonb takes (`value` is values.to_json's, which writes non-finite numbers as text): NUL as text too."""
+    return json.dumps(pg_source.jsonb_safe(value), default=str, allow_nan=False)
 
 
 def _stored(value: Any) -> Any:
     """A Firestore value in the form the trail keeps it in."""
     return json.loads(_trail_json(to_json(canon(value))))
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _same_json(a: Any, b: Any) -> bool:

@@ -125,7 +125,7 @@ def to_json(value: Any) -> Any:
     if isinstance(value, float):
         return value if value == value and value not in (float("inf"), float("-inf")) else repr(value)
     if isinstance(value, Geo):
-        return {"latitude": value.latitude, "longitude": value.longitude}
+        return {"latitude": to_json(value.latitude), "longitude": to_json(value.longitude)}
     if isinstance(value, Ref):
         return {"reference": value.path}
     if isinstance(value, PostgresOnly):
@@ -139,7 +139,7 @@ def to_json(value: Any) -> Any:
     if isinstance(value, (dt.date, dt.time)):
         return value.isoformat()
     if isinstance(value, Decimal):
-        return float(value)
+        return to_json(float(value))
     if isinstance(value, dict):
         return {str(k): to_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
