@@ -102,8 +102,10 @@ class Settings:
     rules_dir: Path
     entities: tuple[str, ...] = ()  # what --all audits; empty: every rules file in rules_dir
     max_findings: int = 1000  # findings kept per entity in the report (counts always cover everything)
-    settle_s: float = 0.0  # wait this long, then read every differing record again before calling it drift
-    recent_s: float = 0.0  # a record still differing whose Firestore document changed this recently is in flight
+    # the same as config/reconciler.toml, which says why: no false drift at seed 000's own write order and pace
+    settle_s: float = 5.0  # wait this long, then read every differing record again before calling it drift
+    recent_s: float = 10.0  # a record still differing whose Firestore document was rewritten after the sweep and
+    #                         this recently before the re-read is in flight
     checkpoint_every: int = 0  # save an audit's progress every N records (reconciler_checkpoints); 0: off
     report_dir: Path | None = None
     postgres: PostgresSettings = field(default_factory=PostgresSettings)

@@ -199,8 +199,8 @@ def audit_entity(rules: EntityRules, sides: Sides, settings: Settings, scope: Sc
                                  after if i == 0 else None)
         finally:
             pg_source.end_snapshot(sides.pg)
-        tally.settle(settle.reread(rules, sides, settings, settle.keys_of((d, k) for d, k, _ in tally.pending)),
-                     rules)
+        tally.settle(settle.reread(rules, sides, settings, settle.keys_of((d, k) for d, k, _ in tally.pending),
+                                   instant), rules)
         if saver is not None:
             saver.store.save(rules.entity, None, None, tally.to_json())
     c = tally.counts
