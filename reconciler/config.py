@@ -143,7 +143,7 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
 }
 _JOB: dict[str, type] = {"name": str, "cron": str, "entities": list, "timezone": str, "run_missed": bool}
 
-_MAY_BE_ZERO = {("audit", "settle_s"), ("audit", "recent_s"), ("audit", "checkpoint_every")}
+_MAY_BE_ZERO = {("audit", "settle_s"), ("audit", "recent_s"), ("audit", "checkpoint_every"), ("postgres", "reconnects")}
 
 ENV = {
     "RECONCILER_PG_DSN": ("postgres", "dsn"),

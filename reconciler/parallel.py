@@ -234,7 +234,8 @@ def _audit_range(task: tuple[Settings, EntityRules, Scope]) -> EntityResult:
         sides = engine.open_sides(settings, rules.tables())
         try:  # no checkpoints: the ranges of an entity would share one (and --resume would have to redo the split)
             result, sides = engine.with_reconnects(settings, sides, lambda s: engine.audit_entity(rules, s, settings,
-                                                                                                   scope))
+                                                                                                   scope),
+                                                   f"auditing {rules.entity}")
             return result
         finally:
             sides.pg.close()
