@@ -5,11 +5,13 @@ the result of an uninterrupted run: no record skipped, none counted twice, no ha
 from __future__ import annotations
 
 import dataclasses
+import signal
 import threading
 import time
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from reconciler.engine import run_audit
 
@@ -64,12 +66,15 @@ def test_postgres_backend_terminated_mid_stream(customers_loaded, fs_client, pg_
     assert interrupted == uninterrupted
 
 
-def test_sigterm_during_repair_apply_leaves_no_half_applied_record(customers_loaded, fs_client, pg_dsn, tmp_path):
+@pytest.mark.parametrize("signum, exit_code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_during_repair_apply_leaves_no_half_applied_record(customers_loaded, fs_client, pg_dsn, tmp_path,
+                                                                    signum, exit_code):
+    """SIGTERM (a timeout, Kubernetes) and SIGINT (Ctrl-C) alike: the batch being written finishes, the report is
+    written and lists what was applied and what was interrupted, stderr says so, no record is half-applied."""
+    import json
     import os
-    import signal
     import subprocess
     import sys
-    from pathlib import Path
 
     from reconciler.repair import LOG_TABLE
 
@@ -96,10 +101,11 @@ def test_sigterm_during_repair_apply_leaves_no_half_applied_record(customers_loa
     deadline = time.monotonic() + 120
     while logged() < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, (out, err)
-    assert "stopped by SIGTERM" in err
+    assert proc.returncode == exit_code, (out, err)
+    name = signal.Signals(signum).name
+    assert f"stopped by {name}: " in err and "Traceback" not in err, err
 
     def state() -> tuple[set[str], set[str]]:
         fixed, untouched = set(), set()
@@ -118,6 +124,11 @@ def test_sigterm_during_repair_apply_leaves_no_half_applied_record(customers_loa
     with psycopg.connect(pg_dsn) as conn:
         rows = conn.execute(f"SELECT entity_id, firestore_status FROM {LOG_TABLE}").fetchall()
     assert sorted(rows) == sorted((f"customers/{i}", "applied") for i in fixed)  # each applied write logged once
+    assert f"{len(fixed)} records were repaired" in err and f"{len(untouched)} were not written (interrupted" in err
+    (entity,) = json.loads((tmp_path / "out" / "report.json").read_text())["entities"]
+    outcome = {f["key"].split("/")[1]: f["repair"] for f in entity["findings"]}
+    assert {i for i, r in outcome.items() if r["status"] == "applied"} == fixed
+    assert {i for i, r in outcome.items() if r["reason"].startswith("interrupted")} == untouched
 
     # run again: the rest is repaired, and the end state is that of an uninterrupted run
     again = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=300)
