@@ -8,7 +8,7 @@ then is drift. A record that still differs is in flight (counted as such, not re
 Firestore document changed after that instant, or after the sweep's instant and within `audit.recent_s` before
 the re-read: the sweep saw another version of it, and the write may be half done.
 
-Both write orders need it: an app that commits Postgres first has Firestore behind for a moment (settle_s lets
+A dual write needs it either way round: an app that commits Postgres first has Firestore behind for a moment (settle_s lets
 that moment pass); seed 000's syncCustomer writes Firestore first and commits Postgres after the document and
 its subcollection documents, so a re-read can land where Firestore is ahead and the Postgres rows are not yet
 visible. Then the Firestore document is the recent one: recent_s must outlast that window. A document written
