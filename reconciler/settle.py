@@ -1,19 +1,18 @@
 """Drift is only drift once it has settled.
 
 The sweep reads both sides as of one instant (Postgres: one REPEATABLE READ snapshot; Firestore: `read_time` set
-to the snapshot's instant). A record the application was writing at that instant can still differ: the
-dual-writing app commits Postgres first and writes Firestore a moment later. So every record that differed is
-read again, once, after `audit.settle_s`, both sides as of a new common instant, and only what still differs
-then is drift. A record that still differs is in flight (counted as such, not reported as drift) when its
-Firestore document changed after that instant, or after the sweep's instant and within `audit.recent_s` before
-the re-read: the sweep saw another version of it, and the write may be half done.
+to the snapshot's instant). A record the application was writing at that instant can still differ. So every
+record that differed is read again, once, after `audit.settle_s`, both sides as of a new common instant, and
+only what still differs then is drift. A record that still differs is in flight (counted as such, not reported
+as drift) when its Firestore document changed after that instant, or after the sweep's instant and within
+`audit.recent_s` before the re-read: the sweep saw another version of it, and the write may be half done.
 
-A dual write needs it either way round: an app that commits Postgres first has Firestore behind for a moment (settle_s lets
-that moment pass); seed 000's syncCustomer writes Firestore first and commits Postgres after the document and
-its subcollection documents, so a re-read can land where Firestore is ahead and the Postgres rows are not yet
-visible. Then the Firestore document is the recent one: recent_s must outlast that window. A document written
-before the sweep's instant and still differing after sweep and settle_s is no write in progress (a window of
-seconds): drift, however recent, so drift made just before a run is reported by that run.
+A dual write needs it either way round. An app that commits Postgres first has Firestore behind for a moment:
+settle_s lets that moment pass. Seed 000's syncCustomer writes Firestore first and commits Postgres after the
+document and its subcollection documents: a re-read can land where Firestore is ahead and the Postgres rows
+are not visible yet. Then the Firestore document is the recent one, and recent_s must outlast that window. A
+document written before the sweep's instant and still differing after the sweep and settle_s is no write in
+progress (a window of seconds): drift, however recent, so drift made just before a run is reported by it.
 """
 
 from __future__ import annotations
