@@ -622,14 +622,13 @@ def init_db(ctx: click.Context) -> None:
 def _init_db(ctx: click.Context) -> int:
     from reconciler.history import History
     from reconciler.repair import ensure_log
-    from reconciler.sources.postgres import connect
 
     settings = _settings(ctx)
     if settings.history.enabled:
         with History.open(settings) as h:
             h.ensure_schema()
         _say("history tables: ready (reconciler_runs, reconciler_run_entities, reconciler_findings)")
-    conn = connect(settings.postgres.dsn)
+    conn = engine.connect_postgres(settings)
     try:
         ensure_log(conn)
     finally:
