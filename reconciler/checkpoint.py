@@ -16,17 +16,21 @@ checkpoints need INSERT/UPDATE on the table (and CREATE on the schema for the fi
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import psycopg
 
+from reconciler import backoff
+from reconciler.config import PostgresSettings
 from reconciler.errors import RuntimeFailure, UsageError
 from reconciler.keys import Key
 from reconciler.result import FieldDiff, Finding, FindingKind
 from reconciler.sources import postgres as pg_source
 from reconciler.values import to_json
 
+T = TypeVar("T")
 TABLE = "reconciler_checkpoints"
 DDL = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -49,47 +53,68 @@ class Position:
 
 
 class Store:
-    """Checkpoints of one run, on a connection of their own (autocommit: each save stands on its own)."""
+    """Checkpoints of one run, on a connection of their own (autocommit: each save stands on its own). A lost
+    connection is made again (postgres.reconnects times) and the statement repeated: each is idempotent."""
 
-    def __init__(self, dsn: str, run_id: str) -> None:
-        self.run_id = run_id
-        self.conn = pg_source.connect(dsn, application_name="reconciler-checkpoint")
-        self.conn.autocommit = True
+    def __init__(self, settings: PostgresSettings, run_id: str) -> None:
+        self.settings, self.run_id = settings, run_id
+        self.conn = self._connect()
         try:
-            if self.conn.execute("SELECT to_regclass(%s) IS NULL", [TABLE]).fetchone()[0]:
-                self.conn.execute(DDL)
-        except psycopg.Error as exc:
+            self._do(f"cannot create the checkpoint table {TABLE} (audit.checkpoint_every needs it)", _create)
+        except RuntimeFailure:
             self.conn.close()
-            raise RuntimeFailure(f"postgres: cannot create the checkpoint table {TABLE} "
-                                 f"(audit.checkpoint_every needs it): {' '.join(str(exc).split())}") from None
+            raise
+
+    def _connect(self) -> psycopg.Connection:
+        conn = pg_source.connect(self.settings.dsn, application_name="reconciler-checkpoint")
+        conn.autocommit = True
+        return conn
+
+    def _do(self, doing: str, fn: Callable[[psycopg.Connection], T]) -> T:
+        for attempt in range(1, self.settings.reconnects + 2):
+            try:
+                if pg_source.lost(self.conn):
+                    self.conn = self._connect()
+                return fn(self.conn)
+            except (psycopg.Error, RuntimeFailure) as exc:  # RuntimeFailure: the reconnect itself failed
+                if not pg_source.lost(self.conn) or attempt > self.settings.reconnects:
+                    if isinstance(exc, RuntimeFailure):
+                        raise
+                    raise RuntimeFailure(f"postgres: {doing}: {' '.join(str(exc).split())}") from None
+            time.sleep(backoff.delay(attempt))
+        raise AssertionError("unreachable")
 
     def save(self, entity: str, collection: str | None, last_key: Key | None, tally: dict[str, Any]) -> None:
-        try:
-            self.conn.execute(
-                f"INSERT INTO {TABLE} (run_id, entity, collection, last_key, tally) VALUES (%s, %s, %s, %s, %s) "
-                "ON CONFLICT (run_id, entity) DO UPDATE SET collection = excluded.collection, "
-                "last_key = excluded.last_key, tally = excluded.tally, saved_at = now()",
-                [self.run_id, entity, collection, list(last_key) if last_key else None,
-                 json.dumps(pg_source.jsonb_safe(tally), default=str)])
-        except psycopg.Error as exc:
-            raise RuntimeFailure(f"postgres: cannot save a checkpoint: {' '.join(str(exc).split())}") from None
+        params = [self.run_id, entity, collection, list(last_key) if last_key else None,
+                  json.dumps(pg_source.jsonb_safe(tally), default=str)]
+        self._do("cannot save a checkpoint", lambda c: c.execute(
+            f"INSERT INTO {TABLE} (run_id, entity, collection, last_key, tally) VALUES (%s, %s, %s, %s, %s) "
+            "ON CONFLICT (run_id, entity) DO UPDATE SET collection = excluded.collection, "
+            "last_key = excluded.last_key, tally = excluded.tally, saved_at = now()", params))
 
     def load(self, entity: str) -> Position | None:
-        row = self.conn.execute(f"SELECT collection, last_key, tally FROM {TABLE} WHERE run_id = %s AND entity = %s",
-                                [self.run_id, entity]).fetchone()
+        row = self._do("cannot read the checkpoint", lambda c: c.execute(
+            f"SELECT collection, last_key, tally FROM {TABLE} WHERE run_id = %s AND entity = %s",
+            [self.run_id, entity]).fetchone())
         if row is None:
             return None
         return Position(row[0], tuple(row[1]) if row[1] else None, row[2])
 
     def exists(self) -> bool:
-        return self.conn.execute(f"SELECT 1 FROM {TABLE} WHERE run_id = %s LIMIT 1", [self.run_id]).fetchone() is not None
+        return self._do("cannot read the checkpoints", lambda c: c.execute(
+            f"SELECT 1 FROM {TABLE} WHERE run_id = %s LIMIT 1", [self.run_id]).fetchone()) is not None
 
     def close(self) -> None:
         self.conn.close()
 
 
-def open_for_resume(dsn: str, run_id: str) -> Store:
-    store = Store(dsn, run_id)
+def _create(conn: psycopg.Connection) -> None:
+    if conn.execute("SELECT to_regclass(%s) IS NULL", [TABLE]).fetchone()[0]:
+        conn.execute(DDL)
+
+
+def open_for_resume(settings: PostgresSettings, run_id: str) -> Store:
+    store = Store(settings, run_id)
     if not store.exists():
         store.close()
         raise UsageError(f"--resume {run_id}: no checkpoints of that run in {TABLE} (was audit.checkpoint_every set?)")

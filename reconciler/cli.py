@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import click
+import psycopg
 
 from reconciler import alerts, engine, logs, parallel, runner, stop
 from reconciler.config import Settings, load_settings
@@ -32,8 +33,22 @@ _SECRETS: list[str] = []  # this invocation's passwords: scrubbed from everythin
 
 
 def _say(text: str, *, err: bool = False, nl: bool = True) -> None:
-    """Every line the command prints goes through here."""
-    click.echo(scrub(text, _SECRETS), err=err, nl=nl)
+    """Every line the command prints goes through here. A reader that went away (`reconcile ... | head -1`)
+    silences the stream, and the run goes on to its reports and the exit code it earns."""
+    try:
+        click.echo(scrub(text, _SECRETS), err=err, nl=nl)
+    except BrokenPipeError:
+        _to_devnull(sys.stderr if err else sys.stdout)
+
+
+def _to_devnull(stream: Any) -> None:
+    """What is still buffered, and everything after, goes nowhere (else the flush at exit fails again)."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, stream.fileno())
+        os.close(null)
+    except (OSError, ValueError):  # no file descriptor (a test's captured stream): nothing is left to flush
+        pass
 
 
 def _fail(exc: BaseException, debug: bool, code: int, message: str) -> None:
@@ -69,6 +84,9 @@ def _guard(fn: Callable[..., int]) -> Callable[..., None]:
         except KeyboardInterrupt:
             _say("reconcile: interrupted", err=True)
             sys.exit(130)
+        except psycopg.Error as exc:  # a Postgres step no layer below named: still a runtime failure, one line
+            _to_sentry(exc)
+            _fail(exc, debug, EXIT_FAILURE, f"reconcile: error: postgres: {' '.join(str(exc).split())}")
         except Exception as exc:  # a bug or an unexpected library error: still one line unless --debug
             _to_sentry(exc)
             _fail(exc, debug, EXIT_FAILURE, f"reconcile: unexpected error: {type(exc).__name__}: {exc}"
@@ -129,6 +147,19 @@ def _summary(result: RunResult) -> str:
         if e.repair is not None:
             lines.extend(_repair_lines(e))
     return "\n".join(lines)
+
+
+def _what_was_written(result: RunResult) -> str:
+    """After a stop: what the repair wrote and what it did not (the report lists each record)."""
+    summaries = [e.repair for e in result.entities if e.repair is not None and e.repair.applied]
+    if not summaries:
+        return "nothing was written"
+    left = sum(1 for e in result.entities for f in e.findings
+               if f.repair is not None and f.repair.reason.startswith("interrupted"))
+    done, failed = sum(r.done for r in summaries), sum(r.failed for r in summaries)
+    return (f"{done:,} records were repaired (written, each recorded in reconciler_repairs), {failed:,} failed, "
+            f"{left:,} were not written (interrupted, listed above and in the report); no record was written in "
+            "part. Run again to finish")
 
 
 def _repair_lines(e: EntityResult) -> list[str]:
@@ -321,7 +352,7 @@ def _audit(ctx: click.Context, entities: tuple[str, ...], all_entities: bool, re
         names += settings.entities or sorted(p.stem for p in settings.rules_dir.glob("*.yaml"))
     planner = _planner(settings, sweep, limit, ids, repair, all_entities)
     show = _Progress(sys.stderr.isatty() if progress is None else progress)
-    with stop.on_sigterm():
+    with stop.on_signals():
         result = engine.run_audit(settings, names, ids=_split_ids(ids), limit=limit, progress=show, repair=repair,
                                   resume=ctx.params.get("resume"), planner=planner)
     show.done()
@@ -333,9 +364,8 @@ def _audit(ctx: click.Context, entities: tuple[str, ...], all_entities: bool, re
         _say(f"report: {paths.html}\n        {paths.json}")
     runner.deliver(settings, result)  # no run history here: on_change compares with a run without drift
     if stop.requested():
-        _say("reconcile: stopped by SIGTERM: the writes listed as interrupted were not made; run again to finish",
-             err=True)
-        return stop.EXIT_CODE
+        _say(f"reconcile: stopped by {stop.signal_name()}: {_what_was_written(result)}", err=True)
+        return stop.exit_code()
     if result.failed:
         if settings.checkpoint_every and repair is None and not ids and not limit and planner is None:
             _say(f"reconcile: run {result.run_id} failed; continue it with --resume {result.run_id}", err=True)
@@ -592,14 +622,13 @@ def init_db(ctx: click.Context) -> None:
 def _init_db(ctx: click.Context) -> int:
     from reconciler.history import History
     from reconciler.repair import ensure_log
-    from reconciler.sources.postgres import connect
 
     settings = _settings(ctx)
     if settings.history.enabled:
         with History.open(settings) as h:
             h.ensure_schema()
         _say("history tables: ready (reconciler_runs, reconciler_run_entities, reconciler_findings)")
-    conn = connect(settings.postgres.dsn)
+    conn = engine.connect_postgres(settings)
     try:
         ensure_log(conn)
     finally:

@@ -6,6 +6,7 @@ empty is a ConfigError naming the file and the key (exit code 2).
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -23,7 +24,13 @@ DEFAULT_CONFIG = Path("config/reconciler.toml")
 class PostgresSettings:
     dsn: str = field(default="", repr=False)  # empty: libpq's own PG* variables (PGHOST, PGUSER, PGPASSWORD...)
     itersize: int = 2000  # rows per server-side cursor round trip
-    reconnects: int = 3  # a lost connection: reconnect and audit the entity again, at most this many times
+    reconnects: int = 3  # a lost connection: reconnect and redo the step, at most this many times (0: never)
+    lock_timeout_s: float = 30.0  # a statement waiting longer for a lock fails (0: waits for ever)
+    statement_timeout_s: float = 600.0  # a statement (one cursor FETCH) running longer fails (0: no limit)
+
+    def timeouts(self) -> dict[str, float]:
+        """The keyword arguments every connection of a run is made with (sources.postgres.connect)."""
+        return {"lock_timeout_s": self.lock_timeout_s, "statement_timeout_s": self.statement_timeout_s}
 
 
 @dataclass(frozen=True)
@@ -102,8 +109,10 @@ class Settings:
     rules_dir: Path
     entities: tuple[str, ...] = ()  # what --all audits; empty: every rules file in rules_dir
     max_findings: int = 1000  # findings kept per entity in the report (counts always cover everything)
-    settle_s: float = 0.0  # wait this long, then read every differing record again before calling it drift
-    recent_s: float = 0.0  # a record still differing whose Firestore document changed this recently is in flight
+    # the same as config/reconciler.toml, which says why: no false drift at seed 000's own write order and pace
+    settle_s: float = 5.0  # wait this long, then read every differing record again before calling it drift
+    recent_s: float = 10.0  # a record still differing whose Firestore document was rewritten after the sweep and
+    #                         this recently before the re-read is in flight
     checkpoint_every: int = 0  # save an audit's progress every N records (reconciler_checkpoints); 0: off
     report_dir: Path | None = None
     postgres: PostgresSettings = field(default_factory=PostgresSettings)
@@ -127,7 +136,8 @@ class Settings:
 
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "postgres": {"dsn": str, "itersize": int, "reconnects": int},
+    "postgres": {"dsn": str, "itersize": int, "reconnects": int, "lock_timeout_s": (int, float),
+                 "statement_timeout_s": (int, float)},
     "firestore": {"project": str, "page_size": int, "timeout_s": (int, float)},
     "audit": {"rules_dir": str, "entities": list, "max_findings": int, "report_dir": str,
               "settle_s": (int, float), "recent_s": (int, float), "checkpoint_every": int},
@@ -141,7 +151,9 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
 }
 _JOB: dict[str, type] = {"name": str, "cron": str, "entities": list, "timezone": str, "run_missed": bool}
 
-_MAY_BE_ZERO = {("audit", "settle_s"), ("audit", "recent_s"), ("audit", "checkpoint_every")}
+_TIMEOUTS = {("postgres", "lock_timeout_s"), ("postgres", "statement_timeout_s")}
+_MAY_BE_ZERO = {("audit", "settle_s"), ("audit", "recent_s"), ("audit", "checkpoint_every"), ("postgres", "reconnects"),
+                *_TIMEOUTS}
 
 ENV = {
     "RECONCILER_PG_DSN": ("postgres", "dsn"),
@@ -180,10 +192,15 @@ def _check(data: dict[str, Any], file: str) -> None:
             if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
                 names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
                 raise ConfigError(f"must be {names}, got {value!r}", file=file, key=f"{section}.{key}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"must be a finite number, got {value!r}", file=file, key=f"{section}.{key}")
+            if (section, key) in _TIMEOUTS and 0 < value < 0.001:  # Postgres counts milliseconds: 0 would be off
+                raise ConfigError(f"must be 0 (off) or at least 0.001 (1 ms), got {value!r}", file=file,
+                                  key=f"{section}.{key}")
             if (section, key) in _MAY_BE_ZERO:
                 if value < 0:
                     raise ConfigError(f"must be 0 or more, got {value!r}", file=file, key=f"{section}.{key}")
-            elif isinstance(value, int) and not isinstance(value, bool) and value <= 0 and key != "min_drift_ratio":
+            elif isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0 and key != "min_drift_ratio":
                 raise ConfigError(f"must be positive, got {value!r}", file=file, key=f"{section}.{key}")
     ratio = data.get("repair", {}).get("max_drift_ratio")
     if ratio is not None and not 0 < ratio <= 1:
@@ -314,7 +331,7 @@ def load_settings(config: Path | None = None, env: Mapping[str, str] | None = No
         recent_s=float(audit.get("recent_s", Settings.recent_s)),
         checkpoint_every=audit.get("checkpoint_every", Settings.checkpoint_every),
         report_dir=base / report_dir if report_dir else None,
-        postgres=replace(PostgresSettings(), **pg),
+        postgres=replace(PostgresSettings(), **{k: float(v) if k.endswith("_s") else v for k, v in pg.items()}),
         firestore=replace(FirestoreSettings(), **{k: float(v) if k == "timeout_s" else v for k, v in fs.items()}),
         repair=replace(RepairSettings(), **repair),
         mail=_mail(data.get("mail", {}), base, env, source),

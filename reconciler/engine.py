@@ -7,6 +7,7 @@ main thread merge-joins them and diffs what both sides have.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import datetime as dt
 import logging
@@ -18,6 +19,8 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
+
+import psycopg
 
 from reconciler import backoff, checkpoint, settle, stop
 from reconciler.config import Settings
@@ -199,8 +202,8 @@ def audit_entity(rules: EntityRules, sides: Sides, settings: Settings, scope: Sc
                                  after if i == 0 else None)
         finally:
             pg_source.end_snapshot(sides.pg)
-        tally.settle(settle.reread(rules, sides, settings, settle.keys_of((d, k) for d, k, _ in tally.pending)),
-                     rules)
+        tally.settle(settle.reread(rules, sides, settings, settle.keys_of((d, k) for d, k, _ in tally.pending),
+                                   instant), rules)
         if saver is not None:
             saver.store.save(rules.entity, None, None, tally.to_json())
     c = tally.counts
@@ -289,16 +292,72 @@ def check_rules(loaded: list[EntityRules], schema: dict[str, dict[str, str]]) ->
         raise RulesError("the rules do not match the database:\n  " + "\n  ".join(str(p) for p in problems))
 
 
+def connect_postgres(settings: Settings, application_name: str = "reconciler") -> Any:
+    """Every Postgres connection of a run is made here, with the run's settings."""
+    return pg_source.connect(settings.postgres.dsn, application_name=application_name)
+
+
+@contextlib.contextmanager
+def postgres_step(doing: str) -> Iterator[None]:
+    """A psycopg error escaping `doing` becomes a RuntimeFailure that says what was being done."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise RuntimeFailure(f"postgres: {doing}: {_one_line(exc)}") from exc
+
+
+class Link:
+    """The run's two sides. Each Postgres step runs through `run`, which replaces a lost connection (a restart,
+    pg_terminate_backend, the network) and runs the step again from its start."""
+
+    def __init__(self, settings: Settings, sides: Sides) -> None:
+        self.settings, self.sides = settings, sides
+
+    def run(self, doing: str, fn: Callable[[Sides], T]) -> T:
+        """fn(sides), again on a new connection (after a backoff) when the connection was lost under it, at most
+        postgres.reconnects times. A step that starts over gets a fresh snapshot and tally, so no record is skipped
+        or counted twice (a repair re-audits first, so what it already wrote is matched)."""
+        attempt = 0
+        while True:
+            try:
+                if pg_source.lost(self.sides.pg):  # lost before this step, or a reconnect that failed
+                    self.sides = replace(self.sides, pg=connect_postgres(self.settings))
+                with postgres_step(doing):
+                    return fn(self.sides)
+            except Exception as exc:
+                attempt += 1
+                if not pg_source.lost(self.sides.pg) or attempt > self.settings.postgres.reconnects:
+                    raise
+                log.warning("postgres: the connection was lost while %s (%s); reconnecting (%d of %d)", doing,
+                            _one_line(exc), attempt, self.settings.postgres.reconnects)
+            self.sides.pg.close()
+            time.sleep(backoff.delay(attempt))
+
+    def close(self) -> None:
+        self.sides.pg.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def open_sides(settings: Settings, tables: Iterable[str]) -> Sides:
-    pg = pg_source.connect(settings.postgres.dsn)
+    """Both sides connected, and the live schema of `tables` read. Firestore's check takes a while: the Postgres
+    connection made before it may be gone after it, and is then made again."""
+    link = Link(settings, Sides(pg=connect_postgres(settings), fs=None))
     try:
         fs = fs_source.connect(settings.firestore.project)
-        schema = pg_source.fetch_schema(pg, tuple(tables))
-        pg.rollback()
+        schema = link.run("reading the live schema", lambda s: _schema(s, tuple(tables)))
     except BaseException:
-        pg.close()
+        link.close()
         raise
-    return Sides(pg=pg, fs=fs, schema=schema)
+    return replace(link.sides, fs=fs, schema=schema)
+
+
+def _schema(sides: Sides, tables: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    schema = pg_source.fetch_schema(sides.pg, tables)
+    sides.pg.rollback()
+    return schema
 
 
 def limit_scope(rules: EntityRules, sides: Sides, limit: int) -> Scope:
@@ -350,12 +409,12 @@ def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ..
                          "--limit, --workers, --shard or --changed-since")
     store = None
     if resume:
-        store = checkpoint.open_for_resume(settings.postgres.dsn, resume)
+        store = checkpoint.open_for_resume(settings.postgres, resume)
     elif settings.checkpoint_every and repair is None and not ids and not limit and planner is None:
         # a planner's ranges would share one checkpoint per entity (and --resume would have to redo its split)
-        store = checkpoint.Store(settings.postgres.dsn, run_id)
+        store = checkpoint.Store(settings.postgres, run_id)
     try:
-        sides = open_sides(settings, [t for r in rules_list for t in r.tables()])
+        link = Link(settings, open_sides(settings, [t for r in rules_list for t in r.tables()]))
     except BaseException:
         if store is not None:
             store.close()
@@ -363,13 +422,14 @@ def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ..
     try:
         for rules in rules_list:
             try:
-                check_rules([rules], sides.schema)
+                check_rules([rules], link.sides.schema)
             except RulesError as exc:
                 failures[rules.entity] = exc
         if len(failures) == len(names):
             raise _first_error(failures)
         if repair is not None and repair.apply:  # before auditing: a refusal costs nothing and writes nothing
-            check_privileges([r for r in rules_list if r.entity not in failures], sides)
+            checked = [r for r in rules_list if r.entity not in failures]
+            link.run("checking the privileges repair needs", lambda s: check_privileges(checked, s))
         by_name = {r.entity: r for r in rules_list}
         results = []
         for name in names:
@@ -384,13 +444,17 @@ def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ..
                         return audit_entity(rules, s, settings, scope, progress, repair, run_id, store)
                     return planner.audit(rules, s, settings, planner.scope(rules, s, scope), progress, repair, run_id)
 
-                result, sides = with_reconnects(settings, sides, audit)
-                results.append(result)
+                results.append(link.run(f"{'repairing' if repair else 'auditing'} {name}", audit))
                 log.info("%s audited", rules.entity, extra={"entity": rules.entity, "drifted": results[-1].counts.drifted})
             except RuntimeFailure as exc:
                 results.append(_failed(name, rules, str(exc)))
+            except ReconcilerError:  # a stop (SIGTERM), a usage error: the run's, not this entity's
+                raise
+            except Exception as exc:  # a bug or a library's surprise: this entity fails, the others, report, history go on
+                log.error("%s: unexpected %s", name, type(exc).__name__, exc_info=True, extra={"entity": name})
+                results.append(_failed(name, rules, f"unexpected {type(exc).__name__}: {_one_line(exc)}"))
     finally:
-        sides.pg.close()
+        link.close()
         if store is not None:
             store.close()
     result = RunResult(run_id=run_id, mode="repair" if repair else "audit", started_at=started,
@@ -399,20 +463,16 @@ def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ..
     return result
 
 
-def with_reconnects(settings: Settings, sides: Sides, fn: Callable[[Sides], T]) -> tuple[T, Sides]:
-    """fn(sides); when the Postgres connection was lost under it (a restart, pg_terminate_backend, the
-    network), reconnect after a backoff and run fn again from the start: a fresh snapshot, a fresh tally, so
-    no record is skipped or counted twice (a repair re-audits first, so what it already wrote is matched)."""
-    for attempt in range(1, settings.postgres.reconnects + 2):
-        try:
-            return fn(sides), sides
-        except Exception:
-            if not pg_source.lost(sides.pg) or attempt > settings.postgres.reconnects:
-                raise
-        sides.pg.close()
-        time.sleep(backoff.delay(attempt))
-        sides = replace(sides, pg=pg_source.connect(settings.postgres.dsn))
-    raise AssertionError("unreachable")
+def with_reconnects(settings: Settings, sides: Sides, fn: Callable[[Sides], T],
+                    doing: str = "reading") -> tuple[T, Sides]:
+    """Link.run for a caller that keeps its own Sides: the result and the sides it ended with."""
+    link = Link(settings, sides)
+    try:
+        return link.run(doing, fn), link.sides
+    except BaseException:
+        if link.sides.pg is not sides.pg:  # the caller closes the one it gave; a replacement is ours to close
+            link.close()
+        raise
 
 
 def _failed(name: str, rules: EntityRules | None, error: str) -> EntityResult:
@@ -429,9 +489,10 @@ def _first_error(failures: dict[str, ReconcilerError]) -> ReconcilerError:
 
 
 def live_schema(settings: Settings, tables: Iterable[str]) -> dict[str, dict[str, str]]:
-    conn = pg_source.connect(settings.postgres.dsn)
+    conn = connect_postgres(settings)
     try:
-        return pg_source.fetch_schema(conn, tuple(tables))
+        with postgres_step("reading the live schema"):
+            return pg_source.fetch_schema(conn, tuple(tables))
     finally:
         conn.close()
 

@@ -58,16 +58,20 @@ class Explanation:
 
 def explain(settings: Settings, entity: str, doc_id: str) -> Explanation:
     (rules,) = engine.load_rules(settings, [entity])
-    sides = engine.open_sides(settings, rules.tables())
+    link = engine.Link(settings, engine.open_sides(settings, rules.tables()))
     try:
-        engine.check_rules([rules], sides.schema)
-        pg_source.begin_snapshot(sides.pg)
-        try:
-            docs = [d for spec in rules.documents for d in _documents(rules, spec, sides, doc_id, settings)]
-        finally:
-            sides.pg.rollback()
+        engine.check_rules([rules], link.sides.schema)
+
+        def read(sides: Any) -> list[Document]:
+            pg_source.begin_snapshot(sides.pg)
+            try:
+                return [d for spec in rules.documents for d in _documents(rules, spec, sides, doc_id, settings)]
+            finally:
+                pg_source.end_snapshot(sides.pg)
+
+        docs = link.run(f"reading {rules.entity} {doc_id}", read)
     finally:
-        sides.pg.close()
+        link.close()
     docs, note = _with_history(settings, rules.entity, docs)
     return Explanation(rules.entity, rules.source_of_truth, doc_id, tuple(docs), note)
 
@@ -115,7 +119,7 @@ def _with_history(settings: Settings, entity: str, docs: list[Document]) -> tupl
     if not settings.history.enabled:
         return docs, "history is disabled ([history] enabled = false)"
     try:
-        with History.open(settings) as h:
+        with engine.postgres_step("reading the history"), History.open(settings) as h:
             seen = [h.first_seen(entity, d.path) for d in docs]
     except ReconcilerError as exc:  # triage goes on without history
         return docs, f"history unreadable: {exc}"

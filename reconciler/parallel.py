@@ -206,7 +206,7 @@ def rules_digest(rules: EntityRules) -> str:
 def map_ranges(fn: Callable[[Any], T], tasks: list[Any], workers: int,
                on_done: Callable[[T], None] = lambda r: None) -> list[T]:
     """fn(task) for each task in `workers` fresh processes (spawned: no forked gRPC or libpq state); the results
-    in task order. The first error is raised once the others have stopped. After SIGTERM (stop.py), no further
+    in task order. The first error is raised once the others have stopped. After SIGTERM or SIGINT (stop.py), no further
     task starts, and the running ones stop at their next safe point (the request is shared with them, see stop.py)."""
     ctx = multiprocessing.get_context("spawn")
     with stop.shared(ctx) as requested, ProcessPoolExecutor(
@@ -220,8 +220,8 @@ def map_ranges(fn: Callable[[Any], T], tasks: list[Any], workers: int,
         except BaseException as exc:
             for f in futures:
                 f.cancel()
-            if isinstance(exc, BrokenProcessPool) and stop.requested():  # the SIGTERM reached a worker still starting
-                raise stop.Interrupted("stopped by SIGTERM while the workers were starting") from None
+            if isinstance(exc, BrokenProcessPool) and stop.requested():  # the signal reached a worker still starting
+                raise stop.interrupted("while the workers were starting") from None
             raise
     return [f.result() for f in futures]
 
@@ -229,12 +229,13 @@ def map_ranges(fn: Callable[[Any], T], tasks: list[Any], workers: int,
 def _audit_range(task: tuple[Settings, EntityRules, Scope]) -> EntityResult:
     """One range, in a worker process, with its own connections."""
     settings, rules, scope = task
-    stop.check("before a key range")  # queued before the SIGTERM: not started
+    stop.check("before a key range")  # queued before the signal: not started
     try:
         sides = engine.open_sides(settings, rules.tables())
         try:  # no checkpoints: the ranges of an entity would share one (and --resume would have to redo the split)
             result, sides = engine.with_reconnects(settings, sides, lambda s: engine.audit_entity(rules, s, settings,
-                                                                                                   scope))
+                                                                                                   scope),
+                                                   f"auditing {rules.entity}")
             return result
         finally:
             sides.pg.close()

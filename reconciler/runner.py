@@ -57,7 +57,7 @@ def run_job(settings: Settings, entities: list[str], *, job: str = "run-once",
             problems.append(str(exc))
     if settings.history.enabled:
         try:
-            with History.open(settings) as h:
+            with engine.postgres_step("recording the run in the history"), History.open(settings) as h:
                 h.record(result, job)
         except ReconcilerError as exc:
             problems.append(str(exc))
@@ -81,7 +81,8 @@ def deliver(settings: Settings, result: RunResult, previous: RunResult | None = 
 def _previous(settings: Settings, result: RunResult, problems: list[str]) -> RunResult | None:
     """The run before this one (which is already recorded), for the e-mail's on_change policy."""
     try:
-        return last_result(settings, [e.entity for e in result.entities], before=result.started_at)
+        with engine.postgres_step("reading the history"):
+            return last_result(settings, [e.entity for e in result.entities], before=result.started_at)
     except ReconcilerError as exc:
         problems.append(f"history unreadable: {exc}")
         return None
@@ -97,7 +98,7 @@ def _record_failure(settings: Settings, entities: list[str], job: str, started: 
     if not settings.history.enabled:
         return
     try:
-        with History.open(settings) as h:
+        with engine.postgres_step("recording the failed run in the history"), History.open(settings) as h:
             h.record(failed, job)
     except ReconcilerError as also:  # the history may live in the very database that is down
         log.error("job %s: the failed run could not be recorded in the history either: %s", job, also)
@@ -108,7 +109,7 @@ def _trend(settings: Settings, result: RunResult, problems: list[str]) -> dict[s
     if not settings.history.enabled or settings.report_dir is None:
         return None
     try:
-        with History.open(settings) as h:
+        with engine.postgres_step("reading the history"), History.open(settings) as h:
             past = {e.entity: h.trend(e.entity, TREND_RUNS - 1, before=result.started_at) for e in result.entities}
     except ReconcilerError as exc:
         problems.append(f"history unreadable: {exc}")

@@ -1,11 +1,18 @@
 """Drift is only drift once it has settled.
 
 The sweep reads both sides as of one instant (Postgres: one REPEATABLE READ snapshot; Firestore: `read_time` set
-to the snapshot's instant). A record the application was writing at that instant can still differ: the
-dual-writing app commits Postgres first and writes Firestore a moment later. So every record that differed is
-read again, once, after `audit.settle_s`, both sides as of a new common instant, and only what still differs
-then is drift. A record that still differs but whose Firestore document changed after that instant, or within
-`audit.recent_s` before it, is in flight: counted as such, not reported as drift.
+to the snapshot's instant). A record the application was writing at that instant can still differ. So every
+record that differed is read again, once, after `audit.settle_s`, both sides as of a new common instant, and
+only what still differs then is drift. A record that still differs is in flight (counted as such, not reported
+as drift) when its Firestore document changed after that instant, or after the sweep's instant and within
+`audit.recent_s` before the re-read: the sweep saw another version of it, and the write may be half done.
+
+A dual write needs it either way round. An app that commits Postgres first has Firestore behind for a moment:
+settle_s lets that moment pass. Seed 000's syncCustomer writes Firestore first and commits Postgres after the
+document and its subcollection documents: a re-read can land where Firestore is ahead and the Postgres rows
+are not visible yet. Then the Firestore document is the recent one, and recent_s must outlast that window. A
+document written before the sweep's instant and still differing after the sweep and settle_s is no write in
+progress (a window of seconds): drift, however recent, so drift made just before a run is reported by it.
 """
 
 from __future__ import annotations
@@ -55,8 +62,9 @@ class Reread:
 
 
 def reread(rules: EntityRules, sides: Sides, settings: Settings,
-           wanted: dict[int, tuple[DocumentSpec, list[Key]]]) -> dict[tuple[str, Key], Reread]:
-    """Read the `wanted` records (per document kind) again after the settle delay; keyed (collection, key)."""
+           wanted: dict[int, tuple[DocumentSpec, list[Key]]], swept_at: dt.datetime) -> dict[tuple[str, Key], Reread]:
+    """Read the `wanted` records (per document kind) again after the settle delay; keyed (collection, key).
+    `swept_at`: the instant the sweep read them as of."""
     if not any(keys for _, keys in wanted.values()):
         return {}
     time.sleep(settings.settle_s)
@@ -69,7 +77,7 @@ def reread(rules: EntityRules, sides: Sides, settings: Settings,
             out.update(_reread_doc(rules, doc, keys, pg_reader, fs_reader))
     finally:
         pg_source.end_snapshot(sides.pg)
-    _mark_in_flight(rules, sides, settings, wanted, out, instant)
+    _mark_in_flight(rules, sides, settings, wanted, out, instant, swept_at)
     return out
 
 
@@ -97,9 +105,10 @@ def _reread_doc(rules: EntityRules, doc: DocumentSpec, keys: list[Key], pg_reade
 
 def _mark_in_flight(rules: EntityRules, sides: Sides, settings: Settings,
                     wanted: dict[int, tuple[DocumentSpec, list[Key]]], out: dict[tuple[str, Key], Reread],
-                    instant: dt.datetime) -> None:
+                    instant: dt.datetime, swept_at: dt.datetime) -> None:
     """A record that still differs is in flight when its Firestore document changed after the instant (the
-    second half of a dual write landed since) or less than recent_s before it."""
+    second half of a dual write landed since), or after the sweep's instant and less than recent_s before the
+    re-read's (Firestore written first, Postgres not committed yet)."""
     still = [(doc, key) for doc, keys in wanted.values() for key in keys
              if out[(doc.collection, key)].finding is not None]
     if not still:
@@ -109,7 +118,7 @@ def _mark_in_flight(rules: EntityRules, sides: Sides, settings: Settings,
     paths = {(doc.collection, key): document_path(rules, doc, key) for doc, key in still
              if fs_source.key_problem(key) is None}
     latest = fs_source.FirestoreWriter(sides.fs).read(list(paths.values()))
-    recent = instant - dt.timedelta(seconds=settings.recent_s)
+    recent = max(instant - dt.timedelta(seconds=settings.recent_s), swept_at)
     for doc, key in still:
         r = out[(doc.collection, key)]
         seen = r.firestore_doc.update_time if r.firestore_doc is not None else None

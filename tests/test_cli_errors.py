@@ -63,3 +63,41 @@ def test_unreachable_firestore_exits_3(pg_dsn, monkeypatch):
     r = CliRunner().invoke(main, ["--entity", "customers"])
     assert r.exit_code == 3
     assert "firestore: cannot reach 127.0.0.1:" in r.output and "Traceback" not in r.output
+
+
+def _drifted_audit(customers_loaded, fs_client, pg_dsn, tmp_path) -> list[str]:
+    import sys
+
+    _, people = customers_loaded
+    fs_client.collection("customers").document(people[0].id).update({"lastName": "Drifted"})
+    return [sys.executable, "-m", "reconciler.cli", "--pg-dsn", pg_dsn, "--entity", "customers",
+            "--report-dir", str(tmp_path / "out")]
+
+
+def test_a_reader_that_closes_the_pipe_early_ends_quietly_with_the_runs_exit_code(customers_loaded, fs_client,
+                                                                                   pg_dsn, tmp_path):
+    """stdout's reader gone before anything was printed: exit 1 (drift), the report written, no traceback."""
+    import subprocess
+
+    cmd = _drifted_audit(customers_loaded, fs_client, pg_dsn, tmp_path)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1, err
+    assert "unexpected error" not in err and "Traceback" not in err and "BrokenPipe" not in err, err
+    assert (tmp_path / "out" / "report.json").is_file()
+
+
+def test_reconcile_piped_into_head(customers_loaded, fs_client, pg_dsn, tmp_path):
+    """`reconcile ... | head -1` in a shell: the first line, and the exit code the run earned (pipefail)."""
+    import shlex
+    import subprocess
+
+    cmd = _drifted_audit(customers_loaded, fs_client, pg_dsn, tmp_path)
+    # head is gone before the report's path is printed: the report is written (and named) after the summary
+    shell = f"set -o pipefail; {shlex.join(cmd)} 2>{tmp_path / 'err'} | head -1"
+    r = subprocess.run(["bash", "-c", shell], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    err = (tmp_path / "err").read_text()
+    assert r.returncode == 1, (r.stdout, err)
+    assert r.stdout.startswith("customers: ") and r.stdout.count("\n") == 1
+    assert "unexpected error" not in err and "Traceback" not in err and "BrokenPipe" not in err, err

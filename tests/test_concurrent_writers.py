@@ -7,6 +7,7 @@ import dataclasses
 import random
 import threading
 import time
+from pathlib import Path
 
 import psycopg
 
@@ -123,3 +124,81 @@ def test_the_sweep_streams_decode_what_the_client_decodes_as_of_the_instant(cust
             assert "after the instant" in now.values() and "after the instant" not in then.values(), doc.collection
     finally:
         sides.pg.close()
+
+
+SHIPPED = Path(__file__).parents[1] / "config" / "reconciler.toml"
+
+
+def _seed_order_writer(dsn: str, client, busy: list[tuple[str, str]], stop: threading.Event, per_s: float,
+                       done: list[int], windows: list[float]) -> None:
+    """seed 000's syncCustomer: BEGIN; write the Postgres tables; write the Firestore document, then its
+    subcollection documents one by one (30 ms apart here); COMMIT Postgres. Between the Firestore write and the
+    commit, Firestore says what Postgres will say but does not yet."""
+    rng = random.Random(5)
+    col = client.collection("customers")
+    with psycopg.connect(dsn) as conn:
+        n = 0
+        while not stop.is_set():
+            began = time.monotonic()
+            (cid, aid), note, city = rng.choice(busy), f"note {n}", f"city {n}"
+            conn.execute("UPDATE customers SET notes = %s WHERE id = %s", (note, cid))
+            conn.execute("UPDATE customer_addresses SET city = %s WHERE id = %s", (city, aid))
+            fs_written = time.monotonic()
+            col.document(cid).update({"notes": note})
+            time.sleep(0.03)
+            col.document(cid).collection("addresses").document(aid).update({"city": city})
+            conn.commit()
+            windows.append(time.monotonic() - fs_written)
+            n += 1
+            done[0] = n
+            time.sleep(max(0.0, 1 / per_s - (time.monotonic() - began)))
+
+
+def test_the_seeds_write_order_is_no_drift_with_the_shipped_settings(customers_loaded, fs_client, pg_dsn,
+                                                                     monkeypatch):
+    """The seed's own writer (Firestore first, Postgres committed after the document and its subdocument) at
+    ~25 writes/s, audited with the shipped settle_s and recent_s: no run reports a record being written as drift,
+    and the real drift injected just before is found in every run (written before the sweep: not in flight,
+    however recent)."""
+    from reconciler.config import load_settings
+
+    _, people = customers_loaded
+    monkeypatch.delenv("RECONCILER_SETTLE_S")  # conftest's 0: this test is about the shipped value
+    settings = load_settings(SHIPPED, env={"RECONCILER_PG_DSN": pg_dsn, "GOOGLE_CLOUD_PROJECT": fs_client.project,
+                                           "RECONCILER_RULES_DIR": str(SHIPPED.parents[1] / "rules")})
+    assert settings.settle_s > 0 and settings.recent_s > 0
+    with_addresses = [p for p in people if p.subcollections.get("addresses")]
+    drifted_fs, drifted_pg, drifted_address = with_addresses[:3]
+    address_id = next(iter(drifted_address.subcollections["addresses"]))
+    col = fs_client.collection("customers")
+    col.document(drifted_fs.id).update({"lastName": "Drifted"})
+    col.document(drifted_address.id).collection("addresses").document(address_id).update({"postalCode": "00000"})
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("UPDATE customers SET phone = '+000' WHERE id = %s", (drifted_pg.id,))
+    expected = {(f"customers/{drifted_fs.id}", ("lastName",)), (f"customers/{drifted_pg.id}", ("phone",)),
+                (f"customers/{drifted_address.id}/addresses/{address_id}", ("postalCode",))}
+    # few customers, each written several times a second: a re-read often meets one between its two halves
+    busy = [(p.id, next(iter(p.subcollections["addresses"]))) for p in with_addresses[3:6]]
+
+    stop, done, windows = threading.Event(), [0], []
+    writer = threading.Thread(target=_seed_order_writer, args=(pg_dsn, fs_client, busy, stop, 25.0, done, windows),
+                              daemon=True)
+    writer.start()
+    try:
+        results = []
+        for _ in range(5):
+            before, began = done[0], time.monotonic()
+            e = run_audit(settings, ["customers"]).entities[0]
+            results.append((e, done[0] - before, time.monotonic() - began))
+    finally:
+        stop.set()
+        writer.join(timeout=30)
+    for e, writes, took in results:
+        assert e.error is None
+        assert writes >= 10 * took, "the writer did not keep writing during the audit: nothing was tested"
+        got = {(f.key, tuple(d.path for d in f.fields)) for f in e.findings}
+        assert got == expected, (got, writes)
+        assert e.counts.mismatched == 3 and e.counts.missing_in_firestore == e.counts.missing_in_postgres == 0
+        total = e.counts.matched + e.counts.drifted + e.counts.in_flight
+        assert total == e.counts.postgres == e.counts.firestore
+    assert max(windows) < settings.recent_s, max(windows)  # the shipped window covers the writer's own

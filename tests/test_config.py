@@ -1,10 +1,12 @@
 """Settings: file, then environment, then flags; relative paths resolve where a person expects."""
 
+import math
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-from reconciler.config import load_settings
+from reconciler.config import PostgresSettings, load_settings
 from reconciler.errors import ConfigError
 
 
@@ -48,3 +50,31 @@ def test_the_settle_delay_can_be_set_from_the_environment():
         load_settings(None, env={"RECONCILER_SETTLE_S": "soon"})
     with pytest.raises(ConfigError, match="audit.settle_s"):
         load_settings(None, env={"RECONCILER_SETTLE_S": "-1"})
+
+
+_TIMEOUT_VALUES = st.one_of(st.integers(-10**7, 10**7),
+                            st.floats(allow_nan=True, allow_infinity=True, width=64),
+                            st.floats(min_value=0, max_value=0.01))
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(["lock_timeout_s", "statement_timeout_s"]), value=_TIMEOUT_VALUES)
+def test_postgres_timeouts_are_0_or_at_least_a_millisecond(tmp_path, key, value):
+    """Seconds, as an int or a float: 0 turns the timeout off; a negative, not-finite or sub-millisecond value
+    (Postgres counts milliseconds: it would silently be 0, off) is an error naming the file and the key."""
+    cfg = tmp_path / "t.toml"
+    text = repr(value)  # Python's float text is TOML's, nan and inf included
+    cfg.write_text(f"[postgres]\n{key} = {text}\n")
+    good = math.isfinite(value) and (value == 0 or value >= 0.001)
+    if good:
+        s = load_settings(cfg, env={})
+        assert s.postgres.timeouts()[key] == float(value) and isinstance(s.postgres.timeouts()[key], float)
+    else:
+        with pytest.raises(ConfigError, match=f"{cfg}: postgres.{key}: must be"):
+            load_settings(cfg, env={})
+
+
+def test_the_shipped_postgres_timeouts():
+    s = load_settings(Path(__file__).parents[1] / "config" / "reconciler.toml", env={})
+    assert s.postgres.timeouts() == {"lock_timeout_s": 30.0, "statement_timeout_s": 600.0}
+    assert PostgresSettings().timeouts() == s.postgres.timeouts()  # the code's defaults agree

@@ -5,11 +5,13 @@ the result of an uninterrupted run: no record skipped, none counted twice, no ha
 from __future__ import annotations
 
 import dataclasses
+import signal
 import threading
 import time
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from reconciler.engine import run_audit
 
@@ -64,12 +66,15 @@ def test_postgres_backend_terminated_mid_stream(customers_loaded, fs_client, pg_
     assert interrupted == uninterrupted
 
 
-def test_sigterm_during_repair_apply_leaves_no_half_applied_record(customers_loaded, fs_client, pg_dsn, tmp_path):
+@pytest.mark.parametrize("signum, exit_code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_during_repair_apply_leaves_no_half_applied_record(customers_loaded, fs_client, pg_dsn, tmp_path,
+                                                                    signum, exit_code):
+    """SIGTERM (a timeout, Kubernetes) and SIGINT (Ctrl-C) alike: the batch being written finishes, the report is
+    written and lists what was applied and what was interrupted, stderr says so, no record is half-applied."""
+    import json
     import os
-    import signal
     import subprocess
     import sys
-    from pathlib import Path
 
     from reconciler.repair import LOG_TABLE
 
@@ -96,10 +101,11 @@ def test_sigterm_during_repair_apply_leaves_no_half_applied_record(customers_loa
     deadline = time.monotonic() + 120
     while logged() < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, (out, err)
-    assert "stopped by SIGTERM" in err
+    assert proc.returncode == exit_code, (out, err)
+    name = signal.Signals(signum).name
+    assert f"stopped by {name}: " in err and "Traceback" not in err, err
 
     def state() -> tuple[set[str], set[str]]:
         fixed, untouched = set(), set()
@@ -118,6 +124,11 @@ def test_sigterm_during_repair_apply_leaves_no_half_applied_record(customers_loa
     with psycopg.connect(pg_dsn) as conn:
         rows = conn.execute(f"SELECT entity_id, firestore_status FROM {LOG_TABLE}").fetchall()
     assert sorted(rows) == sorted((f"customers/{i}", "applied") for i in fixed)  # each applied write logged once
+    assert f"{len(fixed)} records were repaired" in err and f"{len(untouched)} were not written (interrupted" in err
+    (entity,) = json.loads((tmp_path / "out" / "report.json").read_text())["entities"]
+    outcome = {f["key"].split("/")[1]: f["repair"] for f in entity["findings"]}
+    assert {i for i, r in outcome.items() if r["status"] == "applied"} == fixed
+    assert {i for i, r in outcome.items() if r["reason"].startswith("interrupted")} == untouched
 
     # run again: the rest is repaired, and the end state is that of an uninterrupted run
     again = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=300)
@@ -282,6 +293,9 @@ def test_the_real_emulator_stopped_and_started_again_mid_sweep(pg_dsn, tmp_path,
         _drift(people, client, pg_dsn)
         settings = load_settings(None, env={"RECONCILER_PG_DSN": pg_dsn, "GOOGLE_CLOUD_PROJECT": "test-restart",
                                             "RECONCILER_RULES_DIR": str(RULES)})
+        # the import gives every document a new update time, after the sweep's instant: to audit.recent_s they
+        # would all be freshly written, so in flight
+        settings = dataclasses.replace(settings, recent_s=0)
         uninterrupted = _summary(run_audit(settings, ["customers"]))
         body = {"database": "projects/test-restart/databases/(default)", "export_directory": str(export)}
         urllib.request.urlopen(urllib.request.Request(
@@ -314,3 +328,95 @@ def test_the_real_emulator_stopped_and_started_again_mid_sweep(pg_dsn, tmp_path,
     finally:
         for server in servers:
             server.stop()
+
+
+def _terminate(dsn: str, application_name: str) -> list[int]:
+    """pg_terminate_backend on this database's backends of `application_name`, waiting until they are gone."""
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        mine = "datname = current_database() AND application_name = %s AND pid <> pg_backend_pid()"
+        pids = [r[0] for r in admin.execute(f"SELECT pid FROM pg_stat_activity WHERE {mine}", [application_name])]
+        for pid in pids:
+            admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+        while admin.execute(f"SELECT count(*) FROM pg_stat_activity WHERE {mine}", [application_name]).fetchone()[0]:
+            time.sleep(0.01)
+    return pids
+
+
+def _kill_while_connecting_firestore(monkeypatch, dsn: str) -> list[int]:
+    """Firestore's connect (slow on Google Cloud) lets the Postgres connection made before it die: the real
+    connect, then the tool's backend terminated before the run goes on."""
+    from reconciler.sources import firestore as fs_source
+
+    real, killed = fs_source.connect, []
+
+    def connect(*args, **kwargs):
+        client = real(*args, **kwargs)
+        if not killed:
+            killed.extend(_terminate(dsn, "reconciler"))
+        return client
+
+    monkeypatch.setattr(fs_source, "connect", connect)
+    return killed
+
+
+def test_backend_terminated_while_the_sides_are_opened(customers_loaded, fs_client, pg_dsn, monkeypatch):
+    settings, people = customers_loaded
+    _drift(people, fs_client, pg_dsn)
+    uninterrupted = _summary(run_audit(settings, ["customers"]))
+    killed = _kill_while_connecting_firestore(monkeypatch, pg_dsn)
+    assert _summary(run_audit(settings, ["customers"])) == uninterrupted
+    assert killed, "the backend was never terminated: nothing was tested"
+
+
+def test_a_lost_connection_without_reconnects_is_a_runtime_failure_naming_the_step(customers_loaded, pg_dsn,
+                                                                                  monkeypatch, tmp_path):
+    """No reconnects left: exit 3 with what was being done, not 'unexpected error: AdminShutdown'."""
+    from click.testing import CliRunner
+
+    from reconciler.cli import main
+
+    config = tmp_path / "reconciler.toml"
+    config.write_text(f'[postgres]\nreconnects = 0\n[audit]\nrules_dir = "{RULES}"\n')
+    monkeypatch.setenv("RECONCILER_PG_DSN", pg_dsn)
+    killed = _kill_while_connecting_firestore(monkeypatch, pg_dsn)
+    r = CliRunner().invoke(main, ["--config", str(config), "--log-level", "error", "--entity", "customers"])
+    assert killed, r.output
+    assert r.exit_code == 3, r.output
+    assert r.output.startswith("reconcile: error: postgres: reading the live schema: "), r.output
+    assert "unexpected" not in r.output and "Traceback" not in r.output
+
+
+def test_the_checkpoint_connection_terminated_mid_audit(customers_loaded, fs_client, pg_dsn):
+    """The checkpoints' own connection dies between two saves: it is made again and the audit goes on to the
+    uninterrupted result (and its checkpoints are still saved)."""
+    from reconciler import checkpoint
+
+    settings, people = customers_loaded
+    _drift(people, fs_client, pg_dsn)
+    uninterrupted = _summary(run_audit(settings, ["customers"]))
+    every3 = dataclasses.replace(settings, checkpoint_every=3,
+                                 postgres=dataclasses.replace(settings.postgres, itersize=1))
+    killed, stop = [], threading.Event()
+
+    def kill_after_the_first_save() -> None:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            while not stop.is_set():
+                if conn.execute("SELECT to_regclass(%s) IS NOT NULL", [checkpoint.TABLE]).fetchone()[0] and \
+                        conn.execute(f"SELECT count(*) FROM {checkpoint.TABLE}").fetchone()[0]:
+                    killed.extend(_terminate(pg_dsn, "reconciler-checkpoint"))
+                    return
+                time.sleep(0.001)
+
+    killer = threading.Thread(target=kill_after_the_first_save, daemon=True)
+    killer.start()
+    try:
+        result = run_audit(every3, ["customers"])
+    finally:
+        stop.set()
+        killer.join(timeout=10)
+    assert killed, "the checkpoint backend was never terminated: nothing was tested"
+    assert _summary(result) == uninterrupted
+    with psycopg.connect(pg_dsn) as conn:
+        (collection,) = conn.execute(f"SELECT collection FROM {checkpoint.TABLE} WHERE run_id = %s",
+                                     [result.run_id]).fetchone()
+    assert collection is None  # the entity's last save, after the kill: done

@@ -173,7 +173,7 @@ def test_merged_ranges_add_up_every_count_in_flight_included(drifted):
 def test_sigterm_starts_no_further_range():
     done = []
     try:
-        with stop.on_sigterm():
+        with stop.on_signals():
             os.kill(os.getpid(), signal.SIGTERM)
             with pytest.raises(stop.Interrupted, match="key ranges"):
                 parallel.map_ranges(abs, [-1, -2, -3, -4], workers=1, on_done=done.append)
