@@ -66,7 +66,8 @@ class Store:
             raise
 
     def _connect(self) -> psycopg.Connection:
-        conn = pg_source.connect(self.settings.dsn, application_name="reconciler-checkpoint")
+        conn = pg_source.connect(self.settings.dsn, application_name="reconciler-checkpoint",
+                                 **self.settings.timeouts())
         conn.autocommit = True
         return conn
 
@@ -80,7 +81,7 @@ class Store:
                 if not pg_source.lost(self.conn) or attempt > self.settings.reconnects:
                     if isinstance(exc, RuntimeFailure):
                         raise
-                    raise RuntimeFailure(f"postgres: {doing}: {' '.join(str(exc).split())}") from None
+                    raise pg_source.failure(self.conn, exc, doing) from None
             time.sleep(backoff.delay(attempt))
         raise AssertionError("unreachable")
 

@@ -294,15 +294,18 @@ def check_rules(loaded: list[EntityRules], schema: dict[str, dict[str, str]]) ->
 
 def connect_postgres(settings: Settings, application_name: str = "reconciler") -> Any:
     """Every Postgres connection of a run is made here, with the run's settings."""
-    return pg_source.connect(settings.postgres.dsn, application_name=application_name)
+    return pg_source.connect(settings.postgres.dsn, application_name=application_name, **settings.postgres.timeouts())
 
 
 @contextlib.contextmanager
-def postgres_step(doing: str) -> Iterator[None]:
-    """A psycopg error escaping `doing` becomes a RuntimeFailure that says what was being done."""
+def postgres_step(doing: str, conn: Any = None) -> Iterator[None]:
+    """A psycopg error escaping `doing` becomes a RuntimeFailure that says what was being done (and, given the
+    connection, which of our timeouts cancelled it)."""
     try:
         yield
     except psycopg.Error as exc:
+        if conn is not None:
+            raise pg_source.failure(conn, exc, doing) from exc
         raise RuntimeFailure(f"postgres: {doing}: {_one_line(exc)}") from exc
 
 
@@ -322,7 +325,7 @@ class Link:
             try:
                 if pg_source.lost(self.sides.pg):  # lost before this step, or a reconnect that failed
                     self.sides = replace(self.sides, pg=connect_postgres(self.settings))
-                with postgres_step(doing):
+                with postgres_step(doing, self.sides.pg):
                     return fn(self.sides)
             except Exception as exc:
                 attempt += 1
@@ -491,7 +494,7 @@ def _first_error(failures: dict[str, ReconcilerError]) -> ReconcilerError:
 def live_schema(settings: Settings, tables: Iterable[str]) -> dict[str, dict[str, str]]:
     conn = connect_postgres(settings)
     try:
-        with postgres_step("reading the live schema"):
+        with postgres_step("reading the live schema", conn):
             return pg_source.fetch_schema(conn, tuple(tables))
     finally:
         conn.close()

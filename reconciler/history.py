@@ -106,7 +106,8 @@ class History:
 
     @classmethod
     def open(cls, settings: Settings) -> History:
-        return cls(pg_source.connect(settings.history_dsn, application_name="reconciler-history"))
+        return cls(pg_source.connect(settings.history_dsn, application_name="reconciler-history",
+                                     **settings.postgres.timeouts()))
 
     def __enter__(self) -> History:
         return self
