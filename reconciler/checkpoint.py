@@ -16,6 +16,7 @@ checkpoints need INSERT/UPDATE on the table (and CREATE on the schema for the fi
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
@@ -52,6 +53,30 @@ class Position:
     tally: dict[str, Any]
 
 
+def _strings(value: Any, fn: Callable[[str], str]) -> Any:
+    """`value` with fn applied to every string in it, map keys included."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, dict):
+        return {_strings(k, fn): _strings(v, fn) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strings(v, fn) for v in value]
+    return value
+
+
+# Postgres text and jsonb cannot hold NUL, and a Firestore ID may: every string of a checkpoint is escaped
+# reversibly (a resumed run looks its keys up again, so jsonb_safe's one-way \u0000 would not do).
+_ESCAPE = re.compile(r"\\([\\0])")
+
+
+def _escaped(value: Any) -> Any:
+    return _strings(value, lambda s: s.replace("\\", "\\\\").replace("\x00", "\\0"))
+
+
+def _unescaped(value: Any) -> Any:
+    return _strings(value, lambda s: _ESCAPE.sub(lambda m: "\x00" if m[1] == "0" else "\\", s) if "\\" in s else s)
+
+
 class Store:
     """Checkpoints of one run, on a connection of their own (autocommit: each save stands on its own). A lost
     connection is made again (postgres.reconnects times) and the statement repeated: each is idempotent."""
@@ -86,8 +111,8 @@ class Store:
         raise AssertionError("unreachable")
 
     def save(self, entity: str, collection: str | None, last_key: Key | None, tally: dict[str, Any]) -> None:
-        params = [self.run_id, entity, collection, list(last_key) if last_key else None,
-                  json.dumps(pg_source.jsonb_safe(tally), default=str)]
+        params = [self.run_id, entity, collection, _escaped(list(last_key)) if last_key else None,
+                  json.dumps(_escaped(tally), default=str)]
         self._do("cannot save a checkpoint", lambda c: c.execute(
             f"INSERT INTO {TABLE} (run_id, entity, collection, last_key, tally) VALUES (%s, %s, %s, %s, %s) "
             "ON CONFLICT (run_id, entity) DO UPDATE SET collection = excluded.collection, "
@@ -99,7 +124,7 @@ class Store:
             [self.run_id, entity]).fetchone())
         if row is None:
             return None
-        return Position(row[0], tuple(row[1]) if row[1] else None, row[2])
+        return Position(row[0], tuple(_unescaped(row[1])) if row[1] else None, _unescaped(row[2]))
 
     def exists(self) -> bool:
         return self._do("cannot read the checkpoints", lambda c: c.execute(

@@ -181,6 +181,8 @@ def _repair_lines(e: EntityResult) -> list[str]:
             lines.append(f"    {f.repair.action.value} {f.key}: {f.repair.status.value}{reason}")
         if not r.applied:
             lines.extend(f"      {_write_line(w)}" for w in f.repair.writes)
+    for x in r.resolved:  # trail rows an earlier run left pending (it died between a write and its outcome)
+        lines.append(f"    settled {x.action.value} {x.key} (left pending by run {x.run_id}): {x.status} ({x.reason})")
     return lines
 
 

@@ -151,7 +151,7 @@ def repair_entity(rules: EntityRules, sides: Sides, settings: Settings, drifts: 
         if p.drift.finding.key not in repairs:
             status = RepairStatus.SKIPPED
             if options.apply and p.writes and not p.reason:
-                reason = "interrupted: stopped by SIGTERM before this record was written"
+                reason = f"interrupted: stopped by {stop.signal_name()} before this record was written"
             else:
                 reason = p.reason or ("dry run: not applied (use --apply)" if p.writes else "nothing to write")
             repairs[p.drift.finding.key] = Repair(p.action, status, reason, p.shown)

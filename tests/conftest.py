@@ -153,5 +153,6 @@ def customers_loaded(pg_dsn, fs_client, fs_project) -> Loaded:
     with psycopg.connect(pg_dsn) as conn:
         customers.load(conn, fs_client, people)
     settings = load_settings(None, env={"RECONCILER_PG_DSN": pg_dsn, "GOOGLE_CLOUD_PROJECT": fs_project,
-                                        "RECONCILER_RULES_DIR": str(ROOT / "rules")})
+                                        "RECONCILER_RULES_DIR": str(ROOT / "rules"),
+                                        "RECONCILER_SETTLE_S": "0"})  # as _no_settle_wait, which env= bypasses
     return Loaded(settings, people)

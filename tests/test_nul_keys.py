@@ -94,3 +94,29 @@ def test_a_bound_with_nul_cuts_postgres_where_key_order_does(pg_keys, bound):
             keys = KEYS if udt == "text" else UUIDS
             want = {k for k in keys if (id_sort_key(k) >= id_sort_key(bound)) == (op == ">=")}
             assert got == want, (udt, bound, op, sorted(got ^ want))
+
+
+def test_checkpoints_keep_a_nul_key_exactly(widgets, fs_client):  # noqa: F811
+    """A checkpoint holds the keys to re-read and the findings listed; a resumed run looks them up again, so a NUL
+    in a key must come back exactly (jsonb and text[] cannot hold it: escaped reversibly, not as \\u0000)."""
+    import dataclasses
+
+    from reconciler import checkpoint
+
+    fs_client.collection("widgets").document(NUL_ID).set({"code": NUL_ID, "label": "only in Firestore"})
+    fs_client.collection("widgets").document("back\\0slash").set({"code": "back\\0slash"})  # the escape's own text
+    saving = dataclasses.replace(widgets, checkpoint_every=1)
+    run = engine.run_audit(saving, ["widgets"])
+    (e,) = run.entities
+    assert e.error is None, e.error
+    expected = {(f"widgets/{NUL_ID}", FindingKind.MISSING_IN_POSTGRES),
+                ("widgets/back\\0slash", FindingKind.MISSING_IN_POSTGRES)}
+    assert {(f.key, f.kind) for f in e.findings} == expected
+    store = checkpoint.Store(widgets.postgres, run.run_id)
+    try:
+        saved = store.load("widgets")
+    finally:
+        store.close()
+    assert {f["key"] for f in saved.tally["findings"]} == {k for k, _ in expected}
+    (resumed,) = engine.run_audit(widgets, ["widgets"], resume=run.run_id).entities  # the whole tally restored
+    assert {(f.key, f.kind) for f in resumed.findings} == expected and resumed.counts == e.counts

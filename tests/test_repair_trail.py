@@ -449,4 +449,8 @@ def test_the_report_lists_settled_rows_with_their_outcome():
     assert report["entities"][0]["repair"]["resolved"] == [
         {"run_id": "run-a", "key": "customers/1", "action": "update", "status": "unknown", "reason": "overwritten since"}]
     assert "update customers/1 (run run-a): unknown: overwritten since" in render_html(report)
+    from reconciler.cli import _summary
+
+    assert "settled update customers/1 (left pending by run run-a): unknown (overwritten since)" in _summary(
+        RunResult("r", "repair", t, t, (e,)))
 
