@@ -456,24 +456,14 @@ def check_privileges(rules: list[EntityRules], sides: Sides) -> None:
     the session can really write: a role whose session is read-only (default_transaction_read_only, a
     standby's DSN) has every privilege and still cannot. Raises naming every missing privilege, or the cause."""
     tables = {t: WRITE_PRIVILEGES for r in rules if r.written_side == "postgres" for t in r.tables()}
-    missing = pg_source.missing_privileges(sides.pg, tables, LOG_TABLE)
     ahead = any(r.written_side == "firestore" for r in rules)
-    if ahead:
-        missing += _missing_trail_privileges(sides.pg)
+    missing = pg_source.missing_privileges(sides.pg, tables, LOG_TABLE, ("INSERT", *TRAIL_PRIVILEGES) if ahead
+                                           else ("INSERT",))
     user = sides.pg.info.user
     if missing:
         raise MissingPrivileges(f"postgres: role {user!r} may not repair ({', '.join(r.entity for r in rules)}): "
                                 f"it lacks {'; '.join(missing)}. Nothing was written. See README, 'Least privilege'")
     _prove_write(sides.pg, user, settle=ahead)
-
-
-def _missing_trail_privileges(conn: psycopg.Connection) -> list[str]:
-    if not conn.execute("SELECT to_regclass(%s) IS NOT NULL", [LOG_TABLE]).fetchone()[0]:
-        return []  # we create it: its owner has every privilege
-    missing = [f"{privilege} on table {LOG_TABLE}" for privilege in TRAIL_PRIVILEGES
-               if not conn.execute("SELECT has_table_privilege(%s, %s)", [LOG_TABLE, privilege]).fetchone()[0]]
-    conn.rollback()
-    return missing
 
 
 def _prove_write(conn: psycopg.Connection, user: str, *, settle: bool) -> None:

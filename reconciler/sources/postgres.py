@@ -423,18 +423,21 @@ class _Grouped:
 
 # ---------------------------------------------------------------- writes (repair)
 
-def missing_privileges(conn: psycopg.Connection, tables: dict[str, tuple[str, ...]], log_table: str) -> list[str]:
+def missing_privileges(conn: psycopg.Connection, tables: dict[str, tuple[str, ...]], log_table: str,
+                       log_privileges: tuple[str, ...] = ("INSERT",)) -> list[str]:
     """What the connected role lacks to write `tables` (table -> privileges) and to record each write in
-    `log_table` (INSERT on it and its id sequence; CREATE on the schema while it does not exist yet), as
-    "PRIVILEGE on name" phrases. Read-only: asks has_*_privilege, so nothing is attempted before it is allowed."""
+    `log_table` (`log_privileges` on it and USAGE on its id sequence; CREATE on the schema while it does not
+    exist yet), as "PRIVILEGE on name" phrases. Read-only: asks has_*_privilege, so nothing is attempted
+    before it is allowed."""
     missing = []
     for table, privileges in tables.items():
         for privilege in privileges:
             if not conn.execute("SELECT has_table_privilege(quote_ident(%s), %s)", [table, privilege]).fetchone()[0]:
                 missing.append(f"{privilege} on table {table}")
     if conn.execute("SELECT to_regclass(quote_ident(%s)) IS NOT NULL", [log_table]).fetchone()[0]:
-        if not conn.execute("SELECT has_table_privilege(quote_ident(%s), 'INSERT')", [log_table]).fetchone()[0]:
-            missing.append(f"INSERT on table {log_table}")
+        for privilege in log_privileges:
+            if not conn.execute("SELECT has_table_privilege(quote_ident(%s), %s)", [log_table, privilege]).fetchone()[0]:
+                missing.append(f"{privilege} on table {log_table}")
         seq = conn.execute("SELECT pg_get_serial_sequence(quote_ident(%s), 'id')", [log_table]).fetchone()[0]
         if seq and not conn.execute("SELECT has_sequence_privilege(%s, 'USAGE')", [seq]).fetchone()[0]:
             missing.append(f"USAGE on sequence {seq}")
