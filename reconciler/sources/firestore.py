@@ -384,7 +384,7 @@ class FirestoreWriter:
         for attempt in range(1, self.retries + 2):
             try:
                 self._send(writes)
-                return [("applied", _after(ambiguous))] * len(writes)
+                return [("applied", _confirmed(ambiguous))] * len(writes)
             except AMBIGUOUS as exc:
                 ambiguous = exc
             except REFUSED:
@@ -394,9 +394,9 @@ class FirestoreWriter:
                 return [_unknown(ambiguous)] * len(writes)
             held = [holds(w, now[w.path]) for w in writes]
             if all(held):
-                return [("applied", _after(ambiguous))] * len(writes)
+                return [("applied", _confirmed(ambiguous))] * len(writes)
             if not all(untouched(w, now[w.path]) for w in writes):  # not one batch's outcome: settle each alone
-                return [("applied", _after(ambiguous)) if h else self._one(w, ambiguous) for w, h in zip(writes, held)]
+                return [("applied", _confirmed(ambiguous)) if h else self._one(w, ambiguous) for w, h in zip(writes, held)]
             if attempt <= self.retries:
                 self.reader._wait(attempt, ambiguous)
         return [_gave_up(ambiguous, self.retries)] * len(writes)
@@ -406,20 +406,20 @@ class FirestoreWriter:
         for attempt in range(1, self.retries + 2):
             try:
                 self._send([write])
-                return ("applied", _after(ambiguous))
+                return ("applied", _confirmed(ambiguous))
             except AMBIGUOUS as exc:
                 ambiguous = exc
             except REFUSED as exc:
                 if ambiguous is not None:  # our own earlier attempt may be what changed the document
                     now = self._read_back([write])
                     if now is not None and holds(write, now[write.path]):
-                        return ("applied", _after(ambiguous))
+                        return ("applied", _confirmed(ambiguous))
                 return ("changed" if isinstance(exc, CHANGED) else "failed", _one_line(exc))
             now = self._read_back([write])
             if now is None:
                 return _unknown(ambiguous)
             if holds(write, now[write.path]):
-                return ("applied", _after(ambiguous))
+                return ("applied", _confirmed(ambiguous))
             if not untouched(write, now[write.path]):
                 return ("changed", f"changed since it was read; read back after {_one_line(ambiguous)}")
             if attempt <= self.retries:
@@ -447,7 +447,7 @@ class FirestoreWriter:
         batch.commit(retry=None)  # the client's own retry would resend after an ambiguous error: see the class doc
 
 
-def _after(ambiguous: Exception | None) -> str:
+def _confirmed(ambiguous: Exception | None) -> str:
     return "" if ambiguous is None else f"confirmed by reading the document back after {_one_line(ambiguous)}"
 
 
