@@ -247,8 +247,8 @@ def _roundtrip(server, sqltype: str, kind: str, values: list[str | None]) -> Non
         conn.execute(sql.SQL("INSERT INTO vals VALUES (%s, %s::{t}, %s::text[]::{t}[])").format(t=sql.SQL(sqltype)),
                      [f"{i:03d}", v, arr])
     epoch = "NULL" if kind != "instant" else "extract(epoch FROM {e})::text"
-    elem = (f"ARRAY(SELECT CASE WHEN e IS NULL THEN NULL ELSE concat(e) END FROM unnest(arr) WITH ORDINALITY "
-            f"AS u(e, n) ORDER BY n)")
+    elem = ("ARRAY(SELECT CASE WHEN e IS NULL THEN NULL ELSE concat(e) END FROM unnest(arr) WITH ORDINALITY "
+            "AS u(e, n) ORDER BY n)")
     elem_epoch = (f"ARRAY(SELECT {epoch.format(e='e')} FROM unnest(arr) WITH ORDINALITY AS u(e, n) ORDER BY n)"
                   if kind == "instant" else "NULL")
     server_text = {row[0]: row[1:] for row in conn.execute(

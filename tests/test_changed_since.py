@@ -55,7 +55,7 @@ def test_update_times_in_text_are_compared_as_instants():
     assert not _after("2026-11-23T12:00:00Z", since) and not _after("yesterday", since) and not _after(None, since)
 
 
-def test_preferences_changed_since_audits_exactly_the_subdocuments_updated_on_either_side(conversations_db):
+def test_preferences_changed_since_audits_exactly_the_subdocuments_updated_on_either_side(conversations_db):  # noqa: F811
     """customers/{customer_id}/preferences/{id}: the records are (customer, preference) pairs, so a sibling of an
     updated preference (same customer) is not audited, and documents of a same-named collection elsewhere are
     not either."""
@@ -95,7 +95,7 @@ def test_preferences_changed_since_audits_exactly_the_subdocuments_updated_on_ei
     assert (path(silent), "mismatch", ("source",)) in db.findings("customer_preferences")  # a full sweep sees it
 
 
-def test_orders_changed_since_reads_shopify_text_update_times_and_repairs_postgres(orders_db):
+def test_orders_changed_since_reads_shopify_text_update_times_and_repairs_postgres(orders_db):  # noqa: F811
     """orders: Firestore is the source of truth and keeps updated_at as Shopify writes it, ISO-8601 text with
     the shop's UTC offset; repair under --changed-since writes Postgres."""
     db = orders_db
@@ -147,7 +147,7 @@ columns:
 """
 
 
-def test_changed_since_reads_parent_ids_through_parent_references(catalog_db, tmp_path):
+def test_changed_since_reads_parent_ids_through_parent_references(catalog_db, tmp_path):  # noqa: F811
     """A root collection under parents whose document IDs are not the parent column's values (a UUID foreign
     key): the changed keys carry the parent's document ID, so the records are found and read on both sides."""
     db = catalog_db

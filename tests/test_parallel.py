@@ -236,7 +236,7 @@ def _worker_connections(dsn: str) -> int:
                             "AND application_name = 'reconciler'").fetchone()[0] - 1  # the parent's own
 
 
-def test_sampled_split_points_for_text_keys(widgets, fs_client):
+def test_sampled_split_points_for_text_keys(widgets, fs_client):  # noqa: F811
     """Non-UUID keys: split points sampled from Postgres, and workers equal one run, numeric IDs included."""
     settings = widgets
     fs_client.collection("widgets").document("__id5__").update({"label": "changed"})
@@ -318,7 +318,7 @@ def test_three_shards_find_what_one_run_finds_and_merge_into_its_report(drifted,
 
 
 
-def test_more_shards_than_keys_leave_the_last_shards_empty_and_still_merge(widgets, fs_client, tmp_path, monkeypatch):
+def test_more_shards_than_keys_leave_the_last_shards_empty_and_still_merge(widgets, fs_client, tmp_path, monkeypatch):  # noqa: F811
     """13 text keys in 20 shards: the sampled split points cannot make 20 ranges. Every shard still runs (the
     extra ones audit nothing), together they find what one run finds, and their reports merge."""
     fs_client.collection("widgets").document("__id5__").update({"label": "changed"})
