@@ -156,7 +156,7 @@ def _fields(snap: Any) -> dict[str, Any]:
     return data if isinstance(data, dict) else (snap.to_dict() or {})
 
 
-def _after(value: Any, since: dt.datetime) -> bool:
+def _text_after(value: Any, since: dt.datetime) -> bool:
     """Whether an ISO 8601 text is an instant after `since` (without a zone: UTC; not a time: no)."""
     try:
         when = dt.datetime.fromisoformat(value)
@@ -225,7 +225,8 @@ class FirestoreReader:
         floor = (since - TEXT_SLACK).astimezone(dt.timezone.utc).date().isoformat()  # "2026-11-22" < "2026-11-22T.."
         texts = base.where(filter=FieldFilter(field, ">", floor)).select([field])
         snaps = self.call(lambda: list(stamps.stream(timeout=self.timeout)))
-        snaps += [s for s in self.call(lambda: list(texts.stream(timeout=self.timeout))) if _after(s.get(field), since)]
+        snaps += [s for s in self.call(lambda: list(texts.stream(timeout=self.timeout)))
+                  if _text_after(s.get(field), since)]
         if parent_collection is None:
             return [(s.id,) for s in snaps]
         paths = (s.reference.path.split("/") for s in snaps)
