@@ -190,7 +190,7 @@ def test_a_restart_between_two_pages_that_no_request_sees_moves_the_instant(emul
         assert firsts[0] + rest == [(i,) for i in ids]
         with pytest.raises(RuntimeFailure, match=MOVED) as failed:
             list(streams[1])
-    assert moving.read_time > instant
+    assert moving.lost == [(instant, moving.read_time)] and moving.read_time > instant
     assert "widgets/w03, delivered as of that instant, is no longer there as of it" in str(failed.value)
     assert not [r for r in caplog.records if "retry" in r.getMessage()], "a request failed: not the case tested"
     (warning,) = _moves(caplog)
@@ -220,7 +220,7 @@ def test_every_kind_of_read_after_a_restart_between_two_reads_moves_its_instant(
     with caplog.at_level(logging.WARNING, logger="reconciler.sources.firestore"):
         got = {name: read(readers[name]) for name, read in reads.items()}
     assert got == expected
-    assert all(r.read_time > instant for r in readers.values())
+    assert all(r.lost == [(instant, r.read_time)] and r.read_time > instant for r in readers.values())
     assert len(_moves(caplog)) == len(reads)
 
 
@@ -245,7 +245,7 @@ def test_a_reader_that_has_read_nothing_yet_moves_after_the_server_went_away(emu
         got = {name: f.result(timeout=120) for name, f in futures.items()}
     assert got == {"by ids": [(i,) for i in ids], "stream": [(i,) for i in ids], "exact keys": [("a", "p")]}
     assert len([r for r in caplog.records if "retry 1 of" in r.getMessage()]) >= len(reads)
-    assert all(r.read_time > instant for r in readers.values())
+    assert all(r.lost == [(instant, r.read_time)] and r.read_time > instant for r in readers.values())
     assert len(_moves(caplog)) == len(reads)
 
 
@@ -288,5 +288,5 @@ def test_a_stream_as_of_an_instant_is_the_instant_up_to_a_restart_and_the_server
     else:
         after = sorted(((i,) for i in (set(ids) - gone) | born), key=sort_key)
         assert got == before[:k] + [key for key in after if sort_key(key) > sort_key(before[k - 1])]
-        assert reader.read_time > instant
+        assert reader.lost == [(instant, reader.read_time)] and reader.read_time > instant
     c.close()

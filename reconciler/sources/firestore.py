@@ -186,7 +186,7 @@ class FirestoreReader:
         self.max_read_age_s = max_read_age_s
         self._witness: str | None = None  # a document delivered as of read_time: as of it, it must stay there
         self._doubt = False  # the server went away (a transient error) since a document was last delivered
-        self._moves = 0  # how often the server lost read_time under this reader
+        self.lost: list[tuple[dt.datetime, dt.datetime]] = []  # (read_time the server lost, the one moved to)
 
     def at(self) -> dt.datetime | None:
         """The instant to read as of. Firestore keeps old versions for an hour only: once the instant is
@@ -377,7 +377,6 @@ class FirestoreReader:
             attempt = 0
             self._doubt = self._doubt and got == 0
             if same_instant and not echoed:
-                assert start is not None
                 lost = f"{start.path}, delivered as of that instant, is no longer there as of it"
             elif start is None and got < limit:  # the stream ends in its first page
                 lost = self._lost(witness, at)
@@ -402,13 +401,13 @@ class FirestoreReader:
     def _move(self, probe: str, why: str) -> None:
         """Read as of the server's current instant from now on: it lost `read_time` (why)."""
         lost = self.read_time
-        if self._moves >= self.retries:
+        if len(self.lost) >= self.retries:
             raise RuntimeFailure(f"firestore: the server no longer serves read instant {_rfc3339(lost)}: {why} (moved "
-                                 f"on {self._moves} times in this read already, retries={self.retries}); stopping "
+                                 f"on {len(self.lost)} times in this read already, retries={self.retries}); stopping "
                                  "rather than reporting the documents it no longer shows as missing")
-        self._moves += 1
         (snap,) = self.call(lambda: self._get([self.client.document(probe)], None))
         now = snap.read_time
+        self.lost.append((lost, now))
         self.read_time, self._witness, self._doubt = now, None, False
         log.warning("firestore: the server no longer serves read instant %s: %s (restarted from an export?); "
                     "reading on as of %s, its current instant; the re-read after the settle delay sorts out what "
