@@ -4,7 +4,18 @@ Root documents stream from `collection.order_by("__name__")`; subcollection docu
 collection-group query ordered by `__name__` and started at the root collection's first possible path,
 which yields them in (parent ID, child ID) order, the same order as the Postgres child table's
 (parent, key); it stops at the first document under another root collection. Long streams are cheaper than short pages on Firestore, so pages
-are large; after a transient error the stream resumes after the last document it delivered.
+are large; after a transient error the stream resumes at the last document it delivered.
+
+A reader with a `read_time` trusts an answer only while the server still serves that instant. A server can lose
+it: the emulator restarted from an export gives every document the import instant as its create and update time,
+so as of an earlier instant it has no documents at all, and a resumed stream would end there, silently, and every
+record after it would look missing. History cannot disappear on a healthy server (a document deleted later still
+exists as of an earlier instant), so a document delivered as of the instant vouches for it: each page after the
+first starts *at* the last document delivered, which must come back first; an answer that ends a stream in its
+first page, or that lacks some of the documents asked for by ID, is checked by reading an earlier delivered
+document again as of the instant (one get). When the instant is lost, the reader moves to the server's current
+instant (with a warning) and reads on from there; the re-read after the settle delay sorts out what changed in
+between. After `retries` such moves it fails instead.
 """
 
 from __future__ import annotations
@@ -69,6 +80,7 @@ class FsWrite:
 # (with its default retry it fails with an AttributeError of its own, google-cloud-firestore 2.34).
 NO_RETRY = retry.Retry(predicate=lambda exc: False)
 MAX_READ_AGE_S = 3000.0  # Firestore keeps versions for 1 hour (7 days with point-in-time recovery): margin kept
+Instant = dt.datetime | None  # None: the latest version of every document
 # "unknown": an ambiguous error, and the document could not be read back to settle it
 WriteOutcome = tuple[Literal["applied", "changed", "failed", "unknown"], str]
 CHANGED = (gexc.FailedPrecondition, gexc.NotFound, gexc.AlreadyExists)  # a precondition did not hold
@@ -144,13 +156,17 @@ def _fields(snap: Any) -> dict[str, Any]:
     return data if isinstance(data, dict) else (snap.to_dict() or {})
 
 
-def _after(value: Any, since: dt.datetime) -> bool:
+def _text_after(value: Any, since: dt.datetime) -> bool:
     """Whether an ISO 8601 text is an instant after `since` (without a zone: UTC; not a time: no)."""
     try:
         when = dt.datetime.fromisoformat(value)
     except (TypeError, ValueError):
         return False
     return (when if when.tzinfo is not None else when.replace(tzinfo=dt.timezone.utc)) > since
+
+
+def _rfc3339(when: Instant) -> str:
+    return "latest" if when is None else stamp(when)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -168,6 +184,9 @@ class FirestoreReader:
         self.timeout = timeout
         self.read_time = read_time  # None: the latest version of every document
         self.max_read_age_s = max_read_age_s
+        self._witness: str | None = None  # a document delivered as of read_time: as of it, it must stay there
+        self._doubt = False  # the server went away (a transient error) since a document was last delivered
+        self.lost: list[tuple[dt.datetime, dt.datetime]] = []  # (read_time the server lost, the one moved to)
 
     def at(self) -> dt.datetime | None:
         """The instant to read as of. Firestore keeps old versions for an hour only: once the instant is
@@ -176,6 +195,7 @@ class FirestoreReader:
         now = dt.datetime.now(dt.timezone.utc)
         if self.read_time is not None and (now - self.read_time).total_seconds() > self.max_read_age_s:
             self.read_time = now - dt.timedelta(seconds=1)  # never ahead of the server's clock
+            self._witness = None
         return self.read_time
 
     def stream(self, doc: DocumentSpec, scope: Scope, root_collection: str) -> Iterator[tuple[Key, FsDoc]]:
@@ -205,7 +225,8 @@ class FirestoreReader:
         floor = (since - TEXT_SLACK).astimezone(dt.timezone.utc).date().isoformat()  # "2026-11-22" < "2026-11-22T.."
         texts = base.where(filter=FieldFilter(field, ">", floor)).select([field])
         snaps = self.call(lambda: list(stamps.stream(timeout=self.timeout)))
-        snaps += [s for s in self.call(lambda: list(texts.stream(timeout=self.timeout))) if _after(s.get(field), since)]
+        snaps += [s for s in self.call(lambda: list(texts.stream(timeout=self.timeout)))
+                  if _text_after(s.get(field), since)]
         if parent_collection is None:
             return [(s.id,) for s in snaps]
         paths = (s.reference.path.split("/") for s in snaps)
@@ -222,7 +243,7 @@ class FirestoreReader:
                 q = q.where(filter=FieldFilter("__name__", "<", coll.document(scope.end)))
             return q
 
-        for hit in self._paged(query):
+        for hit in self._paged(query, f"{collection}/{LOWEST_ID}"):
             doc_id = hit.path.rpartition("/")[2]
             if scope.past_upper(doc_id):
                 return
@@ -242,7 +263,7 @@ class FirestoreReader:
                 q = q.where(filter=FieldFilter("__name__", "<", end))
             return q.order_by("__name__")
 
-        for hit in self._paged(query):
+        for hit in self._paged(query, first.path):
             parts = hit.path.split("/")
             if parts[0] != root:
                 return
@@ -258,8 +279,7 @@ class FirestoreReader:
     def _root_by_ids(self, collection: str, scope: Scope) -> Iterator[tuple[Key, FsDoc]]:
         ids = [i for i in scope.sorted_ids() if is_document_id(i)]
         refs = [self.client.collection(collection).document(i) for i in ids]
-        snaps = {s.id: s
-                 for s in self.call(lambda: list(self.client.get_all(refs, read_time=self.at())))} if refs else {}
+        snaps = {s.id: s for s in self._get_all(refs)}
         for i in ids:
             snap = snaps.get(i)
             if snap is not None and snap.exists:
@@ -268,8 +288,9 @@ class FirestoreReader:
     def _children_by_ids(self, root: str, name: str, scope: Scope) -> Iterator[tuple[Key, FsDoc]]:
         for parent in filter(is_document_id, scope.sorted_ids()):
             query = self.client.collection(root).document(parent).collection(name).order_by("__name__")
-            for snap in self.call(lambda: list(query.stream(retry=NO_RETRY, timeout=self.timeout,
-                                                            read_time=self.at()))):
+            snaps = self._vouched(lambda at: list(query.stream(retry=NO_RETRY, timeout=self.timeout, read_time=at)),
+                                  f"{root}/{parent}")
+            for snap in snaps:
                 yield (parent, snap.id), _doc(snap)
 
     def _children_by_keys(self, root: str, name: str, scope: Scope) -> Iterator[tuple[Key, FsDoc]]:
@@ -277,8 +298,7 @@ class FirestoreReader:
         keys = sorted((k for k in set(scope.keys) if scope.in_range(k[0]) and key_problem(k) is None), key=sort_key)
         paths = [f"{root}/{parent}/{name}/{doc_id}" for parent, doc_id in keys]
         refs = [self.client.document(p) for p in paths]
-        snaps = {s.reference.path: s
-                 for s in self.call(lambda: list(self.client.get_all(refs, read_time=self.at())))} if refs else {}
+        snaps = {s.reference.path: s for s in self._get_all(refs)}
         for key, path in zip(keys, paths):
             snap = snaps.get(path)
             if snap is not None and snap.exists:
@@ -289,40 +309,116 @@ class FirestoreReader:
         query = self.client.collection(collection).order_by("__name__").limit(n)
         return [(s.id, s.to_dict() or {}) for s in self.call(lambda: list(query.stream(timeout=self.timeout)))]
 
-    def _paged(self, make_query: Callable[[], Any]) -> Iterator[_Hit]:
-        """Every document of the query, in pages of page_size, resuming after the last one on transient errors."""
-        last: _Hit | None = None
+    def _get_all(self, refs: list[DocumentReference]) -> list[Any]:
+        """The documents as of the instant, one snapshot per reference (exists=False: there is none)."""
+        if not refs:
+            return []
+        return self._vouched(lambda at: self._get(refs, at), refs[0].path)
+
+    def _get(self, refs: list[DocumentReference], at: Instant) -> list[Any]:
+        """One snapshot per reference, as of `at`, asked once: our retries (call), not the client's hidden ones,
+        which would hide that the server went away."""
+        return list(self.client.get_all(refs, read_time=at, retry=NO_RETRY, timeout=self.timeout))
+
+    def _vouched(self, read: Callable[[Instant], list[Any]], probe: str) -> list[Any]:
+        """read(instant): snapshots. An answer that lacks a document asked for (or is empty) is believed once the
+        instant is vouched for (_lost); otherwise it is read again as of a moved instant."""
         while True:
-            got = 0
+            at = self.at()
+            witness = self._witness
+            snaps = self.call(lambda: read(at))
+            found = next((s.reference.path for s in snaps if s.exists), None)
+            self._doubt = self._doubt and found is None
+            whole = bool(snaps) and all(s.exists for s in snaps)
+            lost = None if whole else self._lost(witness, at)
+            if lost is None:
+                if at is not None and at == self.read_time:
+                    self._witness = self._witness or found
+                return snaps
+            self._move(probe, lost)
+
+    def _paged(self, make_query: Callable[[], Any], probe: str) -> Iterator[_Hit]:
+        """Every document of the query, in pages of page_size. Each page after the first starts at the last document
+        delivered, which the server sends again first as long as it serves the instant (see the module doc); a
+        transient error asks for the page again. `probe`: a path to ask the server's current instant with."""
+        last: _Hit | None = None
+        last_at: Instant = None  # the instant `last` was read as of
+        attempt = 0
+        while True:
+            at, start, start_at = self.at(), last, last_at
+            witness = self._witness
+            limit = self.page_size + (start is not None)  # + the echo of `start`: every page makes progress
+            query = make_query().limit(limit)
+            if start is not None:  # the cursor needs only the reference: the query is ordered by __name__ alone
+                query = query.start_at(DocumentSnapshot(self.client.document(start.path), {}, exists=True,
+                                                        read_time=None, create_time=None, update_time=None))
+            same_instant = start is not None and at is not None and at == start_at
+            got, echoed, lost = 0, False, None
+            try:
+                for hit in self._results(query, at):
+                    got += 1
+                    if got == 1 and start is not None:
+                        echoed = hit.path == start.path
+                        if echoed:
+                            continue
+                        if same_instant:
+                            break
+                    last, last_at = hit, at
+                    yield hit
+            except TRANSIENT as exc:
+                attempt += 1
+                if attempt > self.retries:
+                    raise RuntimeFailure(f"firestore: {_one_line(exc)} (after {self.retries} retries)") from None
+                self._doubt = True
+                self._wait(attempt, exc)
+                continue
+            except gexc.GoogleAPICallError as exc:
+                raise RuntimeFailure(f"firestore: {_one_line(exc)}") from None
             attempt = 0
-            while True:
-                query = make_query().limit(self.page_size)
-                if last is not None:  # the cursor needs only the reference: the query is ordered by __name__ alone
-                    query = query.start_after(DocumentSnapshot(self.client.document(last.path), {}, exists=True,
-                                                               read_time=None, create_time=None, update_time=None))
-                try:
-                    for hit in self._results(query):
-                        got += 1
-                        last = hit
-                        yield hit
-                    break
-                except TRANSIENT as exc:
-                    attempt += 1
-                    if attempt > self.retries:
-                        raise RuntimeFailure(f"firestore: {_one_line(exc)} (after {self.retries} retries)") from None
-                    self._wait(attempt, exc)
-                except gexc.GoogleAPICallError as exc:
-                    raise RuntimeFailure(f"firestore: {_one_line(exc)}") from None
-            if got < self.page_size:
+            self._doubt = self._doubt and got == 0
+            if same_instant and not echoed:
+                lost = f"{start.path}, delivered as of that instant, is no longer there as of it"
+            elif start is None and got < limit:  # the stream ends in its first page
+                lost = self._lost(witness, at)
+            if lost is not None:
+                self._move(probe, lost)
+                continue
+            if at is not None and at == self.read_time and last is not None:
+                self._witness = self._witness or last.path
+            if got < limit:
                 return
 
-    def _results(self, query: Any) -> Iterator[_Hit]:
-        """The query's documents decoded straight from the RunQuery responses. Query.stream() would wrap each
-        in a DocumentSnapshot, whose constructor deep-copies the decoded fields: 40% of our read CPU (profiled).
+    def _lost(self, witness: str | None, at: Instant) -> str | None:
+        """Why the server may no longer serve instant `at`, or None. With `witness`, a document delivered as of it:
+        precisely (one get; history cannot disappear). Without one, only after the server went away."""
+        if at is None:
+            return None
+        if witness is None:
+            return "after the server went away, it answered with nothing as of that instant" if self._doubt else None
+        (snap,) = self.call(lambda: self._get([self.client.document(witness)], at))
+        return None if snap.exists else f"{witness}, delivered as of that instant, is no longer there as of it"
+
+    def _move(self, probe: str, why: str) -> None:
+        """Read as of the server's current instant from now on: it lost `read_time` (why)."""
+        lost = self.read_time
+        if len(self.lost) >= self.retries:
+            raise RuntimeFailure(f"firestore: the server no longer serves read instant {_rfc3339(lost)}: {why} (moved "
+                                 f"on {len(self.lost)} times in this read already, retries={self.retries}); stopping "
+                                 "rather than reporting the documents it no longer shows as missing")
+        (snap,) = self.call(lambda: self._get([self.client.document(probe)], None))
+        now = snap.read_time
+        self.lost.append((lost, now))
+        self.read_time, self._witness, self._doubt = now, None, False
+        log.warning("firestore: the server no longer serves read instant %s: %s (restarted from an export?); "
+                    "reading on as of %s, its current instant; the re-read after the settle delay sorts out what "
+                    "changed in between", _rfc3339(lost), why, _rfc3339(now))
+
+    def _results(self, query: Any, at: Instant) -> Iterator[_Hit]:
+        """The query's documents as of `at`, decoded straight from the RunQuery responses. Query.stream() would wrap
+        each in a DocumentSnapshot, whose constructor deep-copies the decoded fields: 40% of our read CPU (profiled).
         The request is the client's own (Query._get_stream_iterator), so filters, cursors and read_time mean
         exactly what they mean for stream()."""
-        responses, _ = query._get_stream_iterator(transaction=None, retry=NO_RETRY, timeout=self.timeout,
-                                                  read_time=self.at())
+        responses, _ = query._get_stream_iterator(transaction=None, retry=NO_RETRY, timeout=self.timeout, read_time=at)
         for response in responses:
             pb = response._pb
             if pb.HasField("document"):
@@ -344,6 +440,7 @@ class FirestoreReader:
             except TRANSIENT as exc:
                 if attempt == self.retries:
                     raise RuntimeFailure(f"firestore: {_one_line(exc)} (after {self.retries} retries)") from None
+                self._doubt = True
                 self._wait(attempt + 1, exc)
             except passthrough:
                 raise
