@@ -203,7 +203,7 @@ def audit_entity(rules: EntityRules, sides: Sides, settings: Settings, scope: Sc
         finally:
             pg_source.end_snapshot(sides.pg)
         tally.settle(settle.reread(rules, sides, settings, settle.keys_of((d, k) for d, k, _ in tally.pending),
-                                   instant), rules)
+                                   instant, fs_reader.lost), rules)
         if saver is not None:
             saver.store.save(rules.entity, None, None, tally.to_json())
     c = tally.counts

@@ -13,6 +13,11 @@ document and its subcollection documents: a re-read can land where Firestore is 
 are not visible yet. Then the Firestore document is the recent one, and recent_s must outlast that window. A
 document written before the sweep's instant and still differing after the sweep and settle_s is no write in
 progress (a window of seconds): drift, however recent, so drift made just before a run is reported by it.
+
+A server that stopped serving a read instant (the emulator restarted from an export: every document's update
+time becomes the import instant) moves its reader forward (FirestoreReader.lost). Update times inside such a
+window were stamped by the restart, not by a write: they make no record in flight. Whether a document changed
+between the re-read and the in-flight check is judged by what the rules compare, not by its update time.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from reconciler.config import Settings
-from reconciler.diff import diff_records
+from reconciler.diff import diff_records, same
+from reconciler.errors import RuntimeFailure
 from reconciler.keys import Key, Scope
 from reconciler.mapping import Branch, FirestoreMapper, PostgresMapper, shape_of
 from reconciler.result import Finding, FindingKind
@@ -61,24 +67,33 @@ class Reread:
     in_flight: bool = False
 
 
-def reread(rules: EntityRules, sides: Sides, settings: Settings,
-           wanted: dict[int, tuple[DocumentSpec, list[Key]]], swept_at: dt.datetime) -> dict[tuple[str, Key], Reread]:
+Window = tuple[dt.datetime, dt.datetime]  # (a read instant the server lost, the instant its reader moved to)
+
+
+def reread(rules: EntityRules, sides: Sides, settings: Settings, wanted: dict[int, tuple[DocumentSpec, list[Key]]],
+           swept_at: dt.datetime, lost: Iterable[Window] = ()) -> dict[tuple[str, Key], Reread]:
     """Read the `wanted` records (per document kind) again after the settle delay; keyed (collection, key).
-    `swept_at`: the instant the sweep read them as of."""
+    `swept_at`: the instant the sweep read them as of; `lost`: the instants its Firestore reader lost."""
     if not any(keys for _, keys in wanted.values()):
         return {}
     time.sleep(settings.settle_s)
-    out: dict[tuple[str, Key], Reread] = {}
-    instant = pg_source.begin_snapshot(sides.pg)
-    try:
-        pg_reader = pg_source.PostgresReader(sides.pg, sides.schema, server_side=False)
-        fs_reader = fs_source.FirestoreReader(sides.fs, timeout=settings.firestore.timeout_s, read_time=instant)
-        for doc, keys in wanted.values():
-            out.update(_reread_doc(rules, doc, keys, pg_reader, fs_reader))
-    finally:
-        pg_source.end_snapshot(sides.pg)
-    _mark_in_flight(rules, sides, settings, wanted, out, instant, swept_at)
-    return out
+    lost = list(lost)
+    for _ in range(2):  # a re-read whose own instant was lost is done again at a fresh common one, once
+        out: dict[tuple[str, Key], Reread] = {}
+        instant = pg_source.begin_snapshot(sides.pg)
+        try:
+            pg_reader = pg_source.PostgresReader(sides.pg, sides.schema, server_side=False)
+            fs_reader = fs_source.FirestoreReader(sides.fs, timeout=settings.firestore.timeout_s, read_time=instant)
+            for doc, keys in wanted.values():
+                out.update(_reread_doc(rules, doc, keys, pg_reader, fs_reader))
+        finally:
+            pg_source.end_snapshot(sides.pg)
+        lost += fs_reader.lost
+        if not fs_reader.lost:
+            _mark_in_flight(rules, sides, settings, wanted, out, instant, swept_at, lost)
+            return out
+    raise RuntimeFailure(f"{rules.entity}: the Firestore server lost the instant of the re-read twice (restarting?): "
+                         "no common instant to settle the differing records at")
 
 
 def _reread_doc(rules: EntityRules, doc: DocumentSpec, keys: list[Key], pg_reader: pg_source.PostgresReader,
@@ -105,10 +120,11 @@ def _reread_doc(rules: EntityRules, doc: DocumentSpec, keys: list[Key], pg_reade
 
 def _mark_in_flight(rules: EntityRules, sides: Sides, settings: Settings,
                     wanted: dict[int, tuple[DocumentSpec, list[Key]]], out: dict[tuple[str, Key], Reread],
-                    instant: dt.datetime, swept_at: dt.datetime) -> None:
-    """A record that still differs is in flight when its Firestore document changed after the instant (the
-    second half of a dual write landed since), or after the sweep's instant and less than recent_s before the
-    re-read's (Firestore written first, Postgres not committed yet)."""
+                    instant: dt.datetime, swept_at: dt.datetime, lost: list[Window]) -> None:
+    """A record that still differs is in flight when its Firestore document changed (what the rules compare)
+    since the re-read (the second half of a dual write landed since), or was written after the sweep's instant
+    and less than recent_s before the re-read's (Firestore written first, Postgres not committed yet); an
+    update time a restarted server stamped (inside a `lost` window) is no write."""
     still = [(doc, key) for doc, keys in wanted.values() for key in keys
              if out[(doc.collection, key)].finding is not None]
     if not still:
@@ -119,12 +135,16 @@ def _mark_in_flight(rules: EntityRules, sides: Sides, settings: Settings,
              if fs_source.key_problem(key) is None}
     latest = fs_source.FirestoreWriter(sides.fs).read(list(paths.values()))
     recent = max(instant - dt.timedelta(seconds=settings.recent_s), swept_at)
+    mappers: dict[int, tuple[FirestoreMapper, Branch]] = {}
     for doc, key in still:
         r = out[(doc.collection, key)]
-        seen = r.firestore_doc.update_time if r.firestore_doc is not None else None
         current = latest[paths[(doc.collection, key)]] if (doc.collection, key) in paths else None
-        now = current.update_time if current is not None else None
-        if now != seen or (seen is not None and settings.recent_s > 0 and _utc(seen) > recent):
+        fs_map, shape = mappers.setdefault(id(doc), (FirestoreMapper(doc, rules.compare), shape_of(doc)))
+        changed = (current is None) != (r.firestore_doc is None) or (
+            current is not None and not same(shape, fs_map.record(current.fields), r.firestore, rules.compare))
+        seen = _utc(r.firestore_doc.update_time) if r.firestore_doc is not None else None
+        written = seen is not None and not any(a < seen <= b for a, b in lost)
+        if changed or (written and settings.recent_s > 0 and seen > recent):
             out[(doc.collection, key)] = Reread(r.finding, r.postgres, r.firestore_doc, r.firestore, in_flight=True)
 
 

@@ -21,7 +21,7 @@ from demo import catalog, conversations, customers, dataset, orders
 from reconciler import engine, parallel
 from reconciler.cli import main
 from reconciler.repair import Options
-from reconciler.sources.firestore import _after
+from reconciler.sources.firestore import _text_after as _after
 from test_entities import ROOT, Loaded, catalog_db, conversations_db, orders_db  # noqa: F401  (fixtures)
 
 UTC = dt.timezone.utc
