@@ -437,6 +437,9 @@ def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ..
         results = []
         for name in names:
             rules = by_name.get(name)
+            if stop.requested():  # between entities: the rest is left out, and what was done is still reported
+                results.append(_stopped(name, rules, f"not audited: stopped by {stop.signal_name()} before it began"))
+                continue
             if name in failures or rules is None:
                 results.append(_failed(name, rules, f"rules: {failures[name]}"))
                 continue
@@ -451,7 +454,9 @@ def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ..
                 log.info("%s audited", rules.entity, extra={"entity": rules.entity, "drifted": results[-1].counts.drifted})
             except RuntimeFailure as exc:
                 results.append(_failed(name, rules, str(exc)))
-            except ReconcilerError:  # a stop (SIGTERM), a usage error: the run's, not this entity's
+            except stop.Interrupted as exc:  # mid-sweep: its partial counts would mislead; the entities before stand
+                results.append(_stopped(name, rules, f"not audited: {exc}"))
+            except ReconcilerError:  # a usage error: the run's, not this entity's
                 raise
             except Exception as exc:  # a bug or a library's surprise: this entity fails, the others, report, history go on
                 log.error("%s: unexpected %s", name, type(exc).__name__, exc_info=True, extra={"entity": name})
@@ -482,6 +487,12 @@ def _failed(name: str, rules: EntityRules | None, error: str) -> EntityResult:
     log.error("%s: failed: %s", name, error, extra={"entity": name})
     return EntityResult(entity=name, source_of_truth=rules.source_of_truth if rules else "unknown", counts=Counts(),
                         findings=(), findings_truncated=False, error=error)
+
+
+def _stopped(name: str, rules: EntityRules | None, why: str) -> EntityResult:
+    log.warning("%s: %s", name, why, extra={"entity": name})
+    return EntityResult(entity=name, source_of_truth=rules.source_of_truth if rules else "unknown", counts=Counts(),
+                        findings=(), findings_truncated=False, skipped=why)
 
 
 def _first_error(failures: dict[str, ReconcilerError]) -> ReconcilerError:

@@ -418,3 +418,89 @@ def test_the_checkpoint_connection_terminated_mid_audit(customers_loaded, fs_cli
         (collection,) = conn.execute(f"SELECT collection FROM {checkpoint.TABLE} WHERE run_id = %s",
                                      [result.run_id]).fetchone()
     assert collection is None  # the entity's last save, after the kill: done
+
+
+def _two_entities(tmp_path: Path) -> Path:
+    """A rules directory with customers twice (the second as `customers2`, the same tables and collection)."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    text = (RULES / "customers.yaml").read_text()
+    (rules / "customers.yaml").write_text(text)
+    (rules / "customers2.yaml").write_text(text.replace("entity: customers", "entity: customers2", 1))
+    return rules
+
+
+def test_a_signal_after_one_entity_was_repaired_still_writes_the_report(customers_loaded, fs_client, pg_dsn,
+                                                                         tmp_path, monkeypatch):
+    """Ctrl-C once the first of two entities was repaired: the second is not audited, and the report (with the
+    first's writes) is written all the same; exit 130. (The signal is sent by a wrapper around the real repair.)"""
+    import json
+    import os
+
+    from click.testing import CliRunner
+
+    from reconciler import engine
+    from reconciler.cli import main
+    from reconciler.repair import LOG_TABLE
+
+    settings, people = customers_loaded
+    col = fs_client.collection("customers")
+    for p in people[:5]:
+        col.document(p.id).update({"lastName": "Wrong"})
+    real = engine.repair_entity
+
+    def then_ctrl_c(rules, *args, **kwargs):
+        outcome = real(rules, *args, **kwargs)
+        if rules.entity == "customers":
+            os.kill(os.getpid(), signal.SIGINT)
+        return outcome
+
+    monkeypatch.setattr(engine, "repair_entity", then_ctrl_c)
+    config = tmp_path / "reconciler.toml"
+    config.write_text(f'[audit]\nrules_dir = "{_two_entities(tmp_path)}"\nsettle_s = 0\n'
+                      '[repair]\nmax_drift_ratio = 1.0\n')
+    r = CliRunner(env={"RECONCILER_PG_DSN": pg_dsn}).invoke(
+        main, ["--config", str(config), "--entity", "customers", "--entity", "customers2", "--repair", "--apply",
+               "--report-dir", str(tmp_path / "out"), "--no-progress"])
+    assert r.exit_code == 130, r.output
+    assert "stopped by SIGINT: 5 records were repaired" in r.output, r.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    first, second = report["entities"]
+    assert first["repair"]["done"] == 5 and second["skipped"].startswith("not audited: stopped by SIGINT")
+    with psycopg.connect(pg_dsn) as conn:
+        rows = conn.execute(f"SELECT entity_id, firestore_status FROM {LOG_TABLE}").fetchall()
+    assert sorted(rows) == sorted((f"customers/{p.id}", "applied") for p in people[:5])
+
+
+def test_a_signal_in_the_middle_of_the_second_entitys_sweep_keeps_the_first(pg_dsn, fs_client, fs_project, tmp_path):
+    """A stop at the second entity's next thousand records: that entity is reported as not audited (its partial
+    counts would mislead), the first one's result stands, and run_audit returns, so the report can be written."""
+    import os
+
+    from demo import customers
+    from reconciler import stop
+    from reconciler.config import load_settings
+
+    people = customers.generate(1100, seed=5)  # more than 1,000 root documents: a stop check within the sweep
+    with psycopg.connect(pg_dsn) as conn:
+        customers.load(conn, fs_client, people)
+    settings = load_settings(None, env={"RECONCILER_PG_DSN": pg_dsn, "GOOGLE_CLOUD_PROJECT": fs_project,
+                                        "RECONCILER_RULES_DIR": str(_two_entities(tmp_path)),
+                                        "RECONCILER_SETTLE_S": "0"})
+    seen = []
+
+    def progress(entity: str, collection: str, n: int, drifted: int) -> None:
+        seen.append((entity, n))
+        if entity == "customers2" and n >= 1000:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    try:
+        with stop.on_signals():
+            result = run_audit(settings, ["customers", "customers2"], progress=progress)
+    finally:
+        stop._requested.clear()  # the request outlives the block (the CLI reads it after); not the next test's
+    first, second = result.entities
+    assert any(e == "customers2" and n >= 1000 for e, n in seen), "the sweep never got that far: nothing tested"
+    assert first.error is None and first.skipped is None and first.counts.matched > 1000
+    assert second.skipped == "not audited: stopped by SIGINT while auditing customers2", second
+    assert second.counts.matched == 0 and not second.findings
