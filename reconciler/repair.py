@@ -829,8 +829,7 @@ class _Applier:
                                "AND objsubid = 1 AND granted AND database = "
                                "(SELECT oid FROM pg_database WHERE datname = current_database())").fetchall()
         self.pg.commit()
-        signed = ((high << 32 | low) - (1 << 64) if high >> 31 else high << 32 | low for high, low in held)
-        return {keys[k] for k in signed if k in keys}
+        return {keys[k] for k in (_signed(high, low) for high, low in held) if k in keys}
 
     def earlier(self) -> tuple[Resolved, ...]:
         """This run's own trail rows of this entity from before this attempt (the repair step started over after
@@ -843,6 +842,12 @@ class _Applier:
                                [self.run_id, self.rules.entity]).fetchall()
         self.pg.commit()
         return tuple(Resolved(self.run_id, key, RepairAction(op), st, message or "") for key, op, st, message in rows)
+
+
+def _signed(high: int, low: int) -> int:
+    """A bigint advisory lock key from pg_locks, which shows it as two unsigned halves (classid, objid)."""
+    key = high << 32 | low
+    return key - (1 << 64) if key >> 63 else key
 
 
 def _resolution(operation: str, writes: list[dict[str, Any]], precondition: str | None,
