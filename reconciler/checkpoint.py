@@ -29,7 +29,7 @@ from reconciler.errors import RuntimeFailure, UsageError
 from reconciler.keys import Key
 from reconciler.result import FieldDiff, Finding, FindingKind
 from reconciler.sources import postgres as pg_source
-from reconciler.values import to_json
+from reconciler.values import map_strings, to_json
 
 T = TypeVar("T")
 TABLE = "reconciler_checkpoints"
@@ -53,28 +53,17 @@ class Position:
     tally: dict[str, Any]
 
 
-def _strings(value: Any, fn: Callable[[str], str]) -> Any:
-    """`value` with fn applied to every string in it, map keys included."""
-    if isinstance(value, str):
-        return fn(value)
-    if isinstance(value, dict):
-        return {_strings(k, fn): _strings(v, fn) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_strings(v, fn) for v in value]
-    return value
-
-
 # Postgres text and jsonb cannot hold NUL, and a Firestore ID may: every string of a checkpoint is escaped
 # reversibly (a resumed run looks its keys up again, so jsonb_safe's one-way \u0000 would not do).
 _ESCAPE = re.compile(r"\\([\\0])")
 
 
 def _escaped(value: Any) -> Any:
-    return _strings(value, lambda s: s.replace("\\", "\\\\").replace("\x00", "\\0"))
+    return map_strings(value, lambda s: s.replace("\\", "\\\\").replace("\x00", "\\0"))
 
 
 def _unescaped(value: Any) -> Any:
-    return _strings(value, lambda s: _ESCAPE.sub(lambda m: "\x00" if m[1] == "0" else "\\", s) if "\\" in s else s)
+    return map_strings(value, lambda s: _ESCAPE.sub(lambda m: "\x00" if m[1] == "0" else "\\", s) if "\\" in s else s)
 
 
 class Store:

@@ -425,31 +425,82 @@ def to_firestore(node: Node, value: Any) -> Any:
     return plain(value)
 
 
-def _column_value(column: Column, value: Any) -> Any:
-    """A canonical value as its column takes it: instants inside JSON as text (a JSON column's top-level array only
-    when the rules say it is JSON; a list is otherwise an array column, whose timestamps stay timestamps)."""
-    if isinstance(value, dict) or (isinstance(value, list) and column.json_timestamps is not None):
-        value = _json_text(value)
-    elif isinstance(value, list):
-        value = [_json_text(v) if isinstance(v, (dict, list)) else v for v in value]
+class Unholdable(ValueError):
+    """A value of the source of truth that its Postgres column cannot hold as what it is: written, it would be
+    another value (a Timestamp as text, a GeoPoint as an array) that never equals the truth, or not written at all.
+    `path`: the field path in the document."""
+
+    def __init__(self, path: str, why: str) -> None:
+        self.path, self.why = path, why
+        super().__init__(f"{path}: {why}")
+
+
+_NOT_JSON = {Geo: "a GeoPoint", Ref: "a document reference", bytes: "bytes"}
+
+
+def _json_problem(v: Any, instants: bool, where: str) -> tuple[str, str] | None:
+    """(where, why) for the first part of a JSON value jsonb cannot hold as what it is; `instants`: the column's
+    rules say `json: {timestamps: iso}` (an instant is then ISO text that compares as one)."""
+    if isinstance(v, dict):
+        return next(filter(None, (_json_problem(x, instants, f"{where}.{k}") for k, x in v.items())), None)
+    if isinstance(v, list):
+        return next(filter(None, (_json_problem(x, instants, f"{where}[{i}]") for i, x in enumerate(v))), None)
+    if isinstance(v, dt.datetime) and not instants:
+        return where, ("a timestamp inside JSON: as text it would never equal the Timestamp again; "
+                       "`json: {timestamps: iso}` on the column makes ISO text and Timestamps compare as instants")
+    if isinstance(v, float) and not math.isfinite(v):
+        return where, f"{v!r} inside JSON: jsonb holds no such number"
+    kind = next((name for t, name in _NOT_JSON.items() if isinstance(v, t)), None)
+    return (where, f"{kind} inside JSON: jsonb has no such type") if kind else None
+
+
+def _column_value(column: Column, value: Any, where: str, is_json: bool) -> Any:
+    """A canonical value as its column takes it: instants inside JSON as text (a top-level array is JSON when the
+    column is json/jsonb or its rules say it is JSON; otherwise an array column, whose timestamps stay timestamps).
+    Raises Unholdable for a value inside JSON that jsonb cannot hold as what it is."""
+    instants = column.json_timestamps is not None
+    if isinstance(value, dict) or (isinstance(value, list) and (is_json or instants)):
+        _check_json(value, instants, where)
+        return plain(_json_text(value))
+    if isinstance(value, list):  # an array column: elements that are maps or arrays are JSON
+        for i, v in enumerate(value):
+            if isinstance(v, (dict, list)):
+                _check_json(v, instants, f"{where}[{i}]")
+        return plain([_json_text(v) if isinstance(v, (dict, list)) else v for v in value])
     return plain(value)
 
 
-def _section_row(columns: tuple[Column, ...], geopoints: tuple[GeoPointRule, ...], record: Any) -> dict[str, Any]:
-    row = {c.name: _column_value(c, get_path(record, c.path)) for c in columns if not c.ignore}
+def _check_json(value: Any, instants: bool, where: str) -> None:
+    problem = _json_problem(value, instants, where)
+    if problem is not None:
+        raise Unholdable(*problem)
+
+
+def _section_row(columns: tuple[Column, ...], geopoints: tuple[GeoPointRule, ...], record: Any, where: str,
+                 types: dict[str, str]) -> dict[str, Any]:
+    row = {c.name: _column_value(c, get_path(record, c.path), _dotted(where, ".".join(c.path)),
+                                 types.get(c.name) in ("json", "jsonb"))
+           for c in columns if not c.ignore}
     for g in geopoints:
         geo = get_path(record, g.path)
         row[g.latitude], row[g.longitude] = (geo.latitude, geo.longitude) if isinstance(geo, Geo) else (None, None)
     return row
 
 
-def to_postgres(doc: DocumentSpec, key: str, record: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+def _dotted(base: str, name: str) -> str:
+    return f"{base}.{name}" if base else name
+
+
+def to_postgres(doc: DocumentSpec, key: str, record: dict[str, Any],
+                schema: dict[str, dict[str, str]] | None = None) -> dict[str, list[dict[str, Any]]]:
     """A canonical record -> rows per table (column -> value), children carrying the parent key.
 
     Values stay canonical (dates as ISO strings, numbers as float): Postgres casts them to the column type.
-    Instants inside JSON become text (json_instants' way back).
+    Instants inside JSON become text (json_instants' way back). `schema` (table -> column -> type) tells a
+    json/jsonb column holding an array from an array column. Raises Unholdable (see _column_value).
     """
-    root_row = _section_row(doc.columns, doc.geopoints, record)
+    types = schema or {}
+    root_row = _section_row(doc.columns, doc.geopoints, record, "", types.get(doc.table, {}))
     root_row[doc.key] = key
     rows: dict[str, list[dict[str, Any]]] = {doc.table: [root_row]}
     for e in doc.embeds:
@@ -464,10 +515,21 @@ def to_postgres(doc: DocumentSpec, key: str, record: dict[str, Any]) -> dict[str
             items = [(None, v) for v in value] if isinstance(value, list) else []
         table_rows = rows.setdefault(e.table, [])
         for map_key, element in items:
-            row = _section_row(e.columns, e.geopoints, element)
+            row = _section_row(e.columns, e.geopoints, element, _element_path(e, map_key, element),
+                               types.get(e.table, {}))
             row[e.join] = key
             row.update(e.where)
             if e.map_key:
                 row[e.map_key] = map_key
             table_rows.append(row)
     return rows
+
+
+def _element_path(e: Embed, map_key: str | None, element: Any) -> str:
+    """Where an embedded row's fields are in the document (a set's element named by its key, as the diff does)."""
+    into = ".".join(e.into)
+    if e.kind == "map":
+        return _dotted(into, str(map_key))
+    if e.kind == "set":
+        return f"{into}[{','.join(str(get_path(element, f.split('.'))) for f in e.set_key_fields)}]"
+    return into

@@ -21,9 +21,13 @@ What keeps it safe, in the order it happens:
 - The audit trail (`reconciler_repairs`) is written ahead. Toward Firestore, a batch's rows are committed as
   `pending` (with the update time each write requires) before Firestore sees the batch, then set to what
   happened. A run holds a session advisory lock while it applies; at the start of an apply, pending rows of
-  runs whose lock is free (the process or its connection died between the write and its outcome; this run's
-  own rows after a reconnect) are settled by reading the documents back and reported. Toward Postgres the
-  row is written in the same transaction as the write, which is atomic: it is never pending.
+  runs whose lock is free (the process or its connection died between the write and its outcome) are settled
+  by reading the documents back and reported, once no commit of theirs can still land (FirestoreWriter's
+  window, and a margin); this run's own rows after a reconnect are settled at once. Toward Postgres the row
+  is written in the same transaction as the write, which is atomic: it is never pending.
+- A repair started over after a lost Postgres connection (the engine runs the step again) continues the
+  run: what the earlier attempt wrote, as its trail rows say, counts against `max_repairs`, is not written
+  again, and is in the report (`RepairSummary.earlier`) and the summary's counts.
 - An ambiguous Firestore commit (a deadline, a lost connection) is settled by reading the documents back,
   never by a blind retry (see FirestoreWriter).
 """
@@ -48,16 +52,16 @@ from reconciler.config import Settings
 from reconciler.diff import node_differs, same
 from reconciler.errors import MissingPrivileges, RuntimeFailure
 from reconciler.keys import Key, Scope
-from reconciler.mapping import (Branch, KeyedMap, KeyedSet, Leaf, Node, PostgresMapper, canon, project,
+from reconciler.mapping import (Branch, KeyedMap, KeyedSet, Leaf, Node, PostgresMapper, Unholdable, canon, project,
                                 set_sort_key, shape_of, to_firestore, to_postgres)
 from reconciler.result import (Counts, Finding, FindingKind, Repair, RepairAction, RepairStatus, RepairSummary,
                                Resolved)
 from reconciler.rules.model import CompareOptions, DocumentSpec, EntityRules, Reference
 from reconciler.sources import Sides
 from reconciler.sources import postgres as pg_source
-from reconciler.sources.firestore import (FirestoreWriter, FsDoc, FsWrite, field_at, key_problem, name_problem,
-                                          stamp, write_problem)
-from reconciler.values import to_json
+from reconciler.sources.firestore import (WRITE_WINDOW_S, FirestoreWriter, FsDoc, FsWrite, field_at, key_problem,
+                                          name_problem, stamp, write_problem)
+from reconciler.values import identical, to_json
 
 log = logging.getLogger(__name__)
 CHANGED_DURING_RUN = "changed_during_run"
@@ -133,13 +137,21 @@ def repair_entity(rules: EntityRules, sides: Sides, settings: Settings, drifts: 
     if refused:
         return Outcome({}, Repair(RepairAction.SKIP, RepairStatus.SKIPPED, refused),
                        RepairSummary(target, options.apply, skipped=counts.drifted, refused=refused))
-    plans = [_plan(rules, d, target, options) for d in drifts[:limit]]
     repairs: dict[str, Repair] = {}
     resolved: tuple[Resolved, ...] = ()
-    if options.apply:
+    earlier: tuple[Resolved, ...] = ()
+    before: dict[str, Resolved] = {}  # records this run already wrote (or failed), before a lost connection
+    if not options.apply:
+        plans = [_plan(rules, d, target, options, sides.schema) for d in drifts[:limit]]
+    else:
         writer = _Applier(rules, sides, settings, run_id)
         try:
             resolved = writer.resolve_dead()
+            earlier = writer.earlier()
+            before = {x.key: x for x in earlier if x.status in _COUNTED}
+            repairs = {d.finding.key: _again(before[d.finding.key]) for d in drifts if d.finding.key in before}
+            plans = [_plan(rules, d, target, options, sides.schema)
+                     for d in [d for d in drifts if d.finding.key not in before][:max(0, limit - len(before))]]
             for batch in _batches(_apply_order(p for p in plans if p.writes or p.impossible),
                                   settings.repair.batch_size):
                 if stop.requested():  # between batches: every record is applied whole (and logged) or not at all
@@ -159,9 +171,26 @@ def repair_entity(rules: EntityRules, sides: Sides, settings: Settings, drifts: 
     done, failed = statuses.count(RepairStatus.APPLIED), statuses.count(RepairStatus.FAILED)
     others = Repair(RepairAction.SKIP, RepairStatus.SKIPPED, f"not repaired: over the limit of {limit} repairs "
                                                              "per entity (--max-repairs, repair.max_repairs)")
-    return Outcome(repairs, others, RepairSummary(target, options.apply, planned=sum(p.writes for p in plans),
-                                                  done=done, failed=failed, skipped=counts.drifted - done - failed,
-                                                  duration_s=time.monotonic() - started, resolved=resolved))
+    # what the earlier attempt did counts once: its records that are findings again carry its outcome (above)
+    done_before = sum(x.status == "applied" for x in before.values())
+    failed_before = sum(x.status != "applied" and k not in repairs for k, x in before.items())
+    return Outcome(repairs, others, RepairSummary(
+        target, options.apply, planned=sum(p.writes for p in plans) + len(before), done=done + done_before,
+        failed=failed + failed_before, skipped=counts.drifted - done - failed, duration_s=time.monotonic() - started,
+        resolved=resolved, earlier=earlier))
+
+
+# The outcomes of an earlier attempt of this run that stand for its record: not written again in this run.
+_COUNTED = ("applied", "failed", "unknown")
+
+
+def _again(x: Resolved) -> Repair:
+    """The repair of a record that is a finding again after this run's earlier attempt wrote (or failed) it."""
+    if x.status == "applied":
+        return Repair(x.action, RepairStatus.SKIPPED, "this run repaired it before its Postgres connection was lost "
+                                                      "(see repair.earlier) and it differs again: not written twice")
+    return Repair(x.action, RepairStatus.FAILED, f"{x.status} before this run's Postgres connection was lost (see "
+                                                 f"repair.earlier), not tried again in this run: {x.reason}")
 
 
 def _refusal(counts: Counts, max_ratio: float, force: bool) -> str | None:
@@ -187,7 +216,7 @@ def _apply_order(plans: Iterator[_Plan]) -> list[_Plan]:
 
 # ------------------------------------------------------------------------------------------ plan
 
-def _plan(rules: EntityRules, d: Drift, target: str, options: Options) -> _Plan:
+def _plan(rules: EntityRules, d: Drift, target: str, options: Options, schema: dict[str, dict[str, str]]) -> _Plan:
     orphan = (d.finding.kind == FindingKind.MISSING_IN_POSTGRES if target == "firestore"
               else d.finding.kind == FindingKind.MISSING_IN_FIRESTORE)
     if orphan and not options.delete_orphans:
@@ -200,7 +229,7 @@ def _plan(rules: EntityRules, d: Drift, target: str, options: Options) -> _Plan:
         action = RepairAction.CREATE
     if target == "firestore":
         return _plan_firestore(rules, d, action)
-    return _plan_postgres(d, action)
+    return _plan_postgres(d, action, schema)
 
 
 class _Unwritable(Exception):
@@ -338,32 +367,52 @@ def _resolved(values: dict[str, Any], refs: dict[str, Reference]) -> dict[str, A
     return {c: pg_source.Lookup(refs[c], v) if c in refs and v is not None else v for c, v in values.items()}
 
 
-def _rows(doc: DocumentSpec, key: Key, record: dict[str, Any] | None) -> dict[str, dict[tuple[str, ...], dict]]:
+def _rows(doc: DocumentSpec, key: Key, record: dict[str, Any] | None,
+          schema: dict[str, dict[str, str]]) -> dict[str, dict[tuple[str, ...], dict]]:
     """The record's rows per table, indexed by their key columns' values (as text)."""
     if record is None:
         return {}
-    tables = to_postgres(doc, key[-1], record)
+    tables = to_postgres(doc, key[-1], record, schema)
     if doc.parent:
         tables[doc.table][0][doc.parent] = key[0]
     keys = _key_columns(doc)
     return {t: {tuple(str(r.get(c)) for c in keys[t]): r for r in rows} for t, rows in tables.items()}
 
 
-def _plan_postgres(d: Drift, action: RepairAction) -> _Plan:
+def _in_held_form(truth: Any, held: Any) -> Any:
+    """The truth, with every part the written side already holds identically (an instant as its own ISO text, NaN)
+    taken as the written side holds it: so what already equals the truth is not rewritten in another form."""
+    if identical(truth, held):
+        return held
+    if isinstance(truth, dict) and isinstance(held, dict):
+        return {k: _in_held_form(v, held.get(k)) for k, v in truth.items()}
+    if isinstance(truth, list) and isinstance(held, list) and len(truth) == len(held):
+        return [_in_held_form(t, h) for t, h in zip(truth, held)]
+    return truth
+
+
+def _plan_postgres(d: Drift, action: RepairAction, schema: dict[str, dict[str, str]]) -> _Plan:
     keys = _key_columns(d.doc)
     latest = [e for e in d.doc.embeds if e.kind == "latest" and e.order_by not in {c.name for c in e.columns}]
     if latest and action != RepairAction.DELETE:
         return _Plan(d, RepairAction.SKIP, f"cannot write {latest[0].table}: its order_by column is not mapped")
-    truth = _rows(d.doc, d.key, d.firestore_canonical)
-    other = _rows(d.doc, d.key, d.postgres)
+    try:
+        truth = _rows(d.doc, d.key, _in_held_form(d.firestore_canonical, d.postgres), schema)
+    except Unholdable as exc:  # the truth holds a value its column cannot: this record fails, the others go on
+        return _Plan(d, action, f"postgres cannot hold this write: {exc}", impossible=True)
+    other = _rows(d.doc, d.key, d.postgres, schema)
     writes: list[PgWrite] = []
     tables = tuple(dict.fromkeys((d.doc.table, *(e.table for e in d.doc.embeds))))  # two embeds may share one
     if action != RepairAction.DELETE:
         for table in tables:
             for k, row in truth.get(table, {}).items():
-                if other.get(table, {}).get(k) != row:
-                    key = {c: row.get(c) for c in keys[table]}
-                    writes.append(PgWrite(table, "upsert", key, {c: v for c, v in row.items() if c not in key}))
+                held = other.get(table, {}).get(k)
+                key = {c: row.get(c) for c in keys[table]}
+                # only the columns that differ: the others keep what Postgres holds, in its own form
+                values = {c: v for c, v in row.items()
+                          if c not in key and (held is None or not identical(v, held.get(c)))}
+                if held is None or values:
+                    writes.append(PgWrite(table, "upsert", key, values))
     one_row = {e.table for e in d.doc.embeds if e.kind in ("one", "latest")}
     for table in reversed(tables):
         if action == RepairAction.DELETE:
@@ -444,6 +493,15 @@ CREATE INDEX IF NOT EXISTS {LOG_TABLE}_pending ON {LOG_TABLE} (entity_type, run_
 """
 ABSENT = "absent"  # the precondition of a create: the document does not exist
 PENDING = "pending"
+_TRAIL_INSERT = (f"INSERT INTO {LOG_TABLE} (run_id, entity_type, entity_id, operation, postgres_status, firestore_status, "
+                 "data_snapshot, firestore_precondition, error_message, completed_at) "
+                 "VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s)")
+# Another run's pending row is settled only when older than this: none of its commits can still land by then
+# (FirestoreWriter sends none after its window; the margin covers a server finishing one at its deadline).
+SETTLE_AFTER_S = WRITE_WINDOW_S + 60.0
+LOCK_WAIT_S = 30.0  # how long an apply waits for its own lock (an earlier connection of the run may hold it)
+# (run_id, entity) of every apply started in this process: only those can find trail rows of their own run
+_STARTED: set[tuple[str, str]] = set()
 
 
 WRITE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")  # re-read, create, update, remove rows
@@ -473,13 +531,12 @@ def _prove_write(conn: psycopg.Connection, user: str, *, settle: bool) -> None:
     conn.rollback()
     try:
         _prepare_log(conn)
-        insert = (f"INSERT INTO {LOG_TABLE} (run_id, entity_type, entity_id, operation, postgres_status, "
-                  "firestore_status, data_snapshot) VALUES (%s, '', '', 'update', 'source', %s, '{}')")
+        row = ["write-check", "", "", "update", "source", PENDING if settle else "applied", "{}", None, None, None]
         if settle:  # RETURNING and the UPDATE need SELECT on the table, which only a written-ahead trail needs
-            row = conn.execute(insert + " RETURNING id", ["write-check", PENDING]).fetchone()[0]
-            conn.execute(f"UPDATE {LOG_TABLE} SET firestore_status = 'applied' WHERE id = %s", [row])
+            written = conn.execute(_TRAIL_INSERT + " RETURNING id", row).fetchone()[0]
+            conn.execute(f"UPDATE {LOG_TABLE} SET firestore_status = 'applied' WHERE id = %s", [written])
         else:
-            conn.execute(insert, ["write-check", "applied"])
+            conn.execute(_TRAIL_INSERT, row)
     except psycopg.Error as exc:
         why = " ".join(str(exc).split())
         if exc.sqlstate == "25006":  # read_only_sql_transaction
@@ -506,13 +563,28 @@ class _Applier:
         self.batch_size = settings.repair.batch_size
         self.shapes: dict[int, Branch] = {}
         ensure_log(self.pg)
-        # Not acquired: an earlier connection of this run still holds it (the server has not yet noticed that
-        # connection is gone); it marks this run as applying just as well.
-        self.locked = bool(self.pg.execute("SELECT pg_try_advisory_lock(%s)", [_lock_key(run_id)]).fetchone()[0])
-        self.pg.commit()
+        self._lock()
+        self.again = (run_id, rules.entity) in _STARTED  # the repair started over: rows of this run may exist
+        _STARTED.add((run_id, rules.entity))
+
+    def _lock(self) -> None:
+        """Take this run's lock, waiting for it a while: after a reconnect, the earlier connection's server process
+        may still hold it (it has not noticed the connection is gone). Applying without it would make this run
+        look dead to another, which would then settle this run's rows while its commits may still land."""
+        try:
+            self.pg.execute("SELECT set_config('lock_timeout', %s, true)", [f"{round(LOCK_WAIT_S * 1000)}ms"])
+            self.pg.execute("SELECT pg_advisory_lock(%s)", [_lock_key(self.run_id)])
+            self.pg.commit()
+        except psycopg.errors.LockNotAvailable:
+            self.pg.rollback()
+            raise RuntimeFailure(
+                f"postgres: {self.rules.entity}: cannot take this run's repair lock in {LOCK_WAIT_S:.0f} s: an earlier "
+                f"connection of run {self.run_id} still holds it (its server process has not noticed that the "
+                f"connection is gone). Nothing more was written; what the run wrote before is in {LOG_TABLE} "
+                f"(run_id {self.run_id!r}), and the next --apply settles what it left pending") from None
 
     def close(self) -> None:
-        if not self.locked or pg_source.lost(self.pg):
+        if pg_source.lost(self.pg):
             return
         try:
             self.pg.rollback()
@@ -552,8 +624,9 @@ class _Applier:
                 ready.append(p)
         if not ready:
             return out
+        since = time.monotonic()  # the write window opens before the rows are written (see SETTLE_AFTER_S)
         rows = self._trail_ahead(ready)  # committed before Firestore sees a write: whatever lands has its row
-        outcomes = self.fs.commit([p.fs for p in ready])  # type: ignore[misc]
+        outcomes = self.fs.commit([p.fs for p in ready], since)  # type: ignore[misc]
         settled = []
         for p, row, (status, message) in zip(ready, rows, outcomes):
             key = p.drift.finding.key
@@ -660,21 +733,16 @@ class _Applier:
         now = dt.datetime.now(dt.timezone.utc)
         rows = [(self.run_id, self.rules.entity, *self._row(p, status), message or None,
                  now if status == "applied" else None) for p, status, message in entries]
-        self._trail_sql("record", [r[2] for r in rows], lambda cur: cur.executemany(
-            f"INSERT INTO {LOG_TABLE} (run_id, entity_type, entity_id, operation, postgres_status, firestore_status, "
-            "data_snapshot, firestore_precondition, error_message, completed_at) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s)", rows))
+        self._trail_sql("record", [r[2] for r in rows], lambda cur: cur.executemany(_TRAIL_INSERT, rows))
 
     def _trail_ahead(self, plans: list[_Plan]) -> list[int]:
         """One `pending` row per write, sent in one pipeline (one round trip), committed; their ids, in order.
         (One INSERT of text arrays would cost more: psycopg escapes every quote of the snapshots for them.)"""
-        rows = [(self.run_id, self.rules.entity, *self._row(p, PENDING)) for p in plans]
+        rows = [(self.run_id, self.rules.entity, *self._row(p, PENDING), None, None) for p in plans]
         ids: list[int] = []
 
         def insert(cur: psycopg.Cursor[Any]) -> None:
-            cur.executemany(f"INSERT INTO {LOG_TABLE} (run_id, entity_type, entity_id, operation, postgres_status, "
-                            "firestore_status, data_snapshot, firestore_precondition) "
-                            "VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s) RETURNING id", rows, returning=True)
+            cur.executemany(_TRAIL_INSERT + " RETURNING id", rows, returning=True)
             while True:
                 ids.append(cur.fetchone()[0])
                 if not cur.nextset():
@@ -712,39 +780,74 @@ class _Applier:
                                  f"({', '.join(keys[:3])}...): {' '.join(str(exc).split())}") from None
 
     def resolve_dead(self) -> tuple[Resolved, ...]:
-        """Settle the pending rows of runs that are no longer applying (their lock is free; this run's own
-        rows after a reconnect: its earlier connection and lock are gone) by reading each document back: still
-        at the version the write required -> not_applied; holding exactly the write -> applied; changed in
-        another way -> unknown (overwritten since, or never landed). Each is logged and returned for the report."""
+        """Settle the pending rows of runs that are no longer applying (their lock is free) by reading each
+        document back: still at the version the write required -> not_applied; holding exactly the write ->
+        applied; changed in another way -> unknown (overwritten since, or never landed). Another run's row is
+        settled only once none of its commits can land any more (SETTLE_AFTER_S); a younger one stays pending and
+        is returned as such. This run's own rows (after a reconnect: its earlier connection and lock are gone) are
+        settled at once: the commit calls that left them have returned. Returns the other runs' rows, each logged
+        (this run's own are in earlier())."""
         if self.target != "firestore":
             return ()  # toward Postgres a trail row commits with its write: never pending
-        runs = [r for (r,) in self.pg.execute(f"SELECT DISTINCT run_id FROM {LOG_TABLE} WHERE entity_type = %s "
-                                              f"AND firestore_status = '{PENDING}'", [self.rules.entity])]
-        dead = [r for r in runs if r == self.run_id or self._lock_free(r)]
-        rows = self.pg.execute(f"SELECT id, run_id, entity_id, operation, data_snapshot, firestore_precondition "
+        runs = {r for (r,) in self.pg.execute(f"SELECT DISTINCT run_id FROM {LOG_TABLE} WHERE entity_type = %s "
+                                              f"AND firestore_status = '{PENDING}'", [self.rules.entity])}
+        others = runs - {self.run_id}
+        dead = sorted((others - self._applying(others)) | (runs & {self.run_id}))
+        rows = self.pg.execute(f"SELECT id, run_id, entity_id, operation, data_snapshot, firestore_precondition, "
+                               "extract(epoch FROM now() - created_at)::float8 "
                                f"FROM {LOG_TABLE} WHERE entity_type = %s AND firestore_status = '{PENDING}' "
                                "AND run_id = ANY(%s) ORDER BY id", [self.rules.entity, dead]).fetchall() if dead else []
         self.pg.commit()
-        out = []
+        out = [Resolved(r[1], r[2], RepairAction(r[3]), PENDING,
+                        f"not settled yet: run {r[1]} stopped applying, but recorded this write {r[6]:.0f} s ago and a "
+                        f"commit of it may still land until {SETTLE_AFTER_S:.0f} s after; a later --apply settles it")
+               for r in rows if r[1] != self.run_id and r[6] < SETTLE_AFTER_S]
+        for x in out:
+            log.warning("%s: repair %s %s of run %s stays %s: %s", self.rules.entity, x.action.value, x.key, x.run_id,
+                        PENDING, x.reason, extra={"entity": self.rules.entity, "key": x.key})
+        rows = [r for r in rows if r[1] == self.run_id or r[6] >= SETTLE_AFTER_S]
         for chunk in (rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)):
             docs = self.fs.read([r[2] for r in chunk])
             verdicts = [(r, *_resolution(r[3], (r[4] or {}).get("writes") or [{}], r[5], docs[r[2]])) for r in chunk]
             settled = self._settle([(r[0], status, why) for r, status, why in verdicts], resolved_by=self.run_id)
-            for (row_id, run, path, operation, _, _), status, why in verdicts:
+            for (row_id, run, path, operation, *_), status, why in verdicts:
                 if row_id not in settled:
                     continue  # settled meanwhile by another run starting
                 log.warning("%s: repair %s %s of run %s was left %s: %s (%s)", self.rules.entity, operation, path, run,
                             PENDING, status, why, extra={"entity": self.rules.entity, "key": path})
-                out.append(Resolved(run, path, RepairAction(operation), status, why))
+                if run != self.run_id:
+                    out.append(Resolved(run, path, RepairAction(operation), status, why))
         return tuple(out)
 
-    def _lock_free(self, run_id: str) -> bool:
-        key = _lock_key(run_id)
-        free = bool(self.pg.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()[0])
-        if free:
-            self.pg.execute("SELECT pg_advisory_unlock(%s)", [key])
+    def _applying(self, runs: set[str]) -> set[str]:
+        """The runs that hold their lock, read from pg_locks: taking another run's lock to test it, even briefly,
+        would make that run wait for its own."""
+        if not runs:
+            return set()
+        keys = {_lock_key(r): r for r in runs}
+        held = self.pg.execute("SELECT classid::bigint, objid::bigint FROM pg_locks WHERE locktype = 'advisory' "
+                               "AND objsubid = 1 AND granted AND database = "
+                               "(SELECT oid FROM pg_database WHERE datname = current_database())").fetchall()
         self.pg.commit()
-        return free
+        return {keys[k] for k in (_signed(high, low) for high, low in held) if k in keys}
+
+    def earlier(self) -> tuple[Resolved, ...]:
+        """This run's own trail rows of this entity from before this attempt (the repair step started over after
+        a lost connection), oldest first, with their status (settled by resolve_dead when they were pending)."""
+        if not self.again:
+            return ()
+        status = "firestore_status" if self.target == "firestore" else "postgres_status"
+        rows = self.pg.execute(f"SELECT entity_id, operation, {status}, error_message FROM {LOG_TABLE} "
+                               "WHERE run_id = %s AND entity_type = %s ORDER BY id",
+                               [self.run_id, self.rules.entity]).fetchall()
+        self.pg.commit()
+        return tuple(Resolved(self.run_id, key, RepairAction(op), st, message or "") for key, op, st, message in rows)
+
+
+def _signed(high: int, low: int) -> int:
+    """A bigint advisory lock key from pg_locks, which shows it as two unsigned halves (classid, objid)."""
+    key = high << 32 | low
+    return key - (1 << 64) if key >> 63 else key
 
 
 def _resolution(operation: str, writes: list[dict[str, Any]], precondition: str | None,
@@ -758,7 +861,9 @@ def _resolution(operation: str, writes: list[dict[str, Any]], precondition: str 
 
 
 def _holds(write: dict[str, Any], doc: FsDoc | None) -> bool:
-    """Whether the document holds the write as the trail recorded it (JSON: see _shown)."""
+    """Whether the document holds the write as the trail recorded it (JSON: see _shown). Not firestore.holds: the
+    write sent is gone with the run that sent it, and its JSON has lost Firestore's types (a Timestamp is ISO text,
+    a GeoPoint a map), so the document is compared in that form, numbers by value (_same_json)."""
     if write.get("op") == "delete":
         return doc is None
     if doc is None:
@@ -783,15 +888,18 @@ def _stored(value: Any) -> Any:
 
 
 def _same_json(a: Any, b: Any) -> bool:
-    """Equal as the trail keeps values: numbers by value (jsonb may print 1e300 with every digit)."""
+    """Equal as the trail keeps values: two integers exactly; an integer and a float by value, as a double (jsonb
+    prints a double such as 1e300 with every digit, which reads back as an integer); the rest identical."""
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same_json(v, b[k]) for k, v in a.items())
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(map(_same_json, a, b))
-    numbers = (int, float)
-    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
-        return float(a) == float(b)
-    return type(a) is type(b) and a == b
+    if {type(a), type(b)} == {int, float}:
+        try:
+            return float(a) == float(b)
+        except OverflowError:  # an integer beyond double range is no double
+            return False
+    return identical(a, b)
 
 
 def _prepare_log(conn: psycopg.Connection) -> None:

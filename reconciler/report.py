@@ -97,14 +97,16 @@ def _summary_dict(r: RepairSummary) -> dict[str, Any]:
     return {"target": r.target, "applied": r.applied, "planned": r.planned, "done": r.done, "skipped": r.skipped,
             "failed": r.failed, "refused": r.refused, "duration_s": round(r.duration_s, 3),
             "resolved": [{"run_id": x.run_id, "key": x.key, "action": x.action.value, "status": x.status,
-                          "reason": x.reason} for x in r.resolved]}
+                          "reason": x.reason} for x in r.resolved],
+            "earlier": [{"key": x.key, "action": x.action.value, "status": x.status, "reason": x.reason}
+                        for x in r.earlier]}
 
 
 def _finding_dict(f: Finding) -> dict[str, Any]:
     return {
         "key": f.key,
         "kind": f.kind.value if isinstance(f.kind, FindingKind) else str(f.kind),
-        "fields": [{"path": d.path, "kind": d.kind, "postgres": _value(d.postgres), "firestore": _value(d.firestore)}
+        "fields": [{"path": d.path, "kind": d.kind, "postgres": to_json(d.postgres), "firestore": to_json(d.firestore)}
                    for d in f.fields],
         **({"repair": _repair_dict(f.repair)} if f.repair is not None else {}),
     }
@@ -112,25 +114,10 @@ def _finding_dict(f: Finding) -> dict[str, Any]:
 
 def _repair_dict(r: Repair) -> dict[str, Any]:
     out = {"action": r.action.value, "status": r.status.value, "reason": r.reason,
-           "writes": [_finite(w) for w in r.writes]}
+           "writes": list(r.writes)}
     if r.deleted is not None:
-        out["deleted"] = _value(r.deleted)
+        out["deleted"] = to_json(r.deleted)
     return out
-
-
-def _value(value: Any) -> Any:
-    return _finite(to_json(value))
-
-
-def _finite(value: Any) -> Any:
-    """NaN/inf anywhere (e.g. inside a Geo) would make invalid JSON: written as text instead, like to_json does."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 # ------------------------------------------------------------------------------------------ HTML
@@ -226,6 +213,7 @@ def _entity_view(e: dict[str, Any], anchors: set[str]) -> dict[str, Any]:
         "truncated": bool(e.get("findings_truncated")),
         "repair": _repair_summary_text(e.get("repair")),
         "resolved": _resolved_lines(e.get("repair")),
+        "earlier": _earlier_lines(e.get("repair")),
     }
 
 
@@ -247,6 +235,14 @@ def _resolved_lines(r: Any) -> list[str]:
         return []
     return [f"{x.get('action')} {x.get('key')} (run {x.get('run_id')}): {x.get('status')}: {x.get('reason')}"
             for x in r.get("resolved") or () if isinstance(x, dict)]
+
+
+def _earlier_lines(r: Any) -> list[str]:
+    """This run's writes before its Postgres connection was lost (the repair started over; each is counted once)."""
+    if not isinstance(r, dict):
+        return []
+    return [f"{x.get('action')} {x.get('key')}: {x.get('status')}" + (f": {x['reason']}" if x.get("reason") else "")
+            for x in r.get("earlier") or () if isinstance(x, dict)]
 
 
 KIND_LABELS = {

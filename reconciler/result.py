@@ -75,13 +75,17 @@ class Counts:
 
 @dataclass(frozen=True)
 class Resolved:
-    """A repair write an earlier run left `pending` in the audit trail (it died between sending the write and
-    recording what happened), settled at the start of this run's apply by reading the document back."""
+    """A row of the audit trail that an apply found at its start instead of writing it: a write another run left
+    `pending` (it died between sending the write and recording what happened), settled by reading the document
+    back; or (RepairSummary.earlier) a write of this run's own, made before its Postgres connection was lost and
+    the repair started over."""
 
     run_id: str  # the run that sent the write
     key: str  # the document path
     action: RepairAction
-    status: str  # applied | not_applied (it did not land) | unknown (the document changed in another way since)
+    # applied | failed | skipped, as recorded; or settled from pending: applied | not_applied (it did not land) |
+    # unknown (the document changed in another way since); pending: too recent to settle (a commit may still land)
+    status: str
     reason: str
 
 
@@ -90,12 +94,13 @@ class RepairSummary:
     target: str  # the side written: the one that is not the source of truth
     applied: bool  # False: a dry run, nothing written
     planned: int = 0
-    done: int = 0  # status applied
-    skipped: int = 0
-    failed: int = 0
+    done: int = 0  # records this run wrote (status applied), also before a lost connection (`earlier`)
+    skipped: int = 0  # drifted records left as they are
+    failed: int = 0  # records whose write failed or whose outcome is unknown, also before a lost connection
     refused: str | None = None  # why nothing was repaired (blast-radius guard); the run then fails
     duration_s: float = 0.0  # planning and applying, after the audit
-    resolved: tuple[Resolved, ...] = ()  # pending trail rows of earlier runs, settled by this one
+    resolved: tuple[Resolved, ...] = ()  # pending trail rows of other runs, settled by this one (or still pending)
+    earlier: tuple[Resolved, ...] = ()  # this run's own trail rows from before a lost connection, once each
 
     @property
     def clean(self) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 
 class Bool:
@@ -114,6 +114,35 @@ def type_name(value: Any) -> str | None:
         if isinstance(value, kind):
             return name
     return type(value).__name__
+
+
+def identical(a: Any, b: Any) -> bool:
+    """Whether two values are the same value, which Python's == does not say: NaN is NaN (== says no, and a dict
+    holding it unequal to a copy of itself), an instant is an instant whatever its Python type (a TextInstant, a
+    DatetimeWithNanoseconds), while an integer is no float and True no 1 (== says they are). For canonical values
+    and what a database client reads or writes alike."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(identical(v, b[k]) for k, v in a.items())
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(identical, a, b))
+    if isinstance(a, dt.datetime) and isinstance(b, dt.datetime):
+        return a == b
+    if isinstance(a, float) and isinstance(b, float) and a != a:
+        return b != b
+    if isinstance(a, tuple) and type(a) is type(b):  # Geo, Ref: their parts, NaN included
+        return len(a) == len(b) and all(map(identical, a, b))
+    return type(a) is type(b) and a == b
+
+
+def map_strings(value: Any, fn: Callable[[str], str]) -> Any:
+    """`value` (JSON-shaped) with fn applied to every string in it, map keys included."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, dict):
+        return {map_strings(k, fn): map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, list):
+        return [map_strings(v, fn) for v in value]
+    return value
 
 
 def to_json(value: Any) -> Any:

@@ -6,6 +6,7 @@ the finding it must produce (path and kind), so a case that silently stopped bei
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -21,6 +22,7 @@ from reconciler.cli import main
 from reconciler.keys import Scope
 from reconciler.mapping import PostgresMapper, shape_of, to_firestore
 from reconciler.repair import Options
+from reconciler.result import RepairStatus
 from reconciler.sources import postgres as pg_source
 from reconciler.values import PostgresOnly
 
@@ -200,8 +202,23 @@ def test_values_python_cannot_hold_are_findings_on_their_field(customers_loaded,
 
     rules = engine.load_rules(settings, ["customers"])[0]
     shape = shape_of(rules.root)
-    for drift in (d for d in e.findings if d.key.endswith((a, b, c))):
-        assert drift.repair is not None  # planned (or skipped), never a crash
+    # each record fails with the field path and why (a dry run lists it as not written), and no write of it is planned
+    cannot = "firestore cannot hold this write: "
+    planned = {f.key.rpartition("/")[2]: f.repair for f in e.findings if f.key.endswith((a, b, c))}
+    assert {k: (r.reason, r.writes) for k, r in planned.items()} == {
+        a: (cannot + "timestamptz 'infinity' at createdAt is a value only Postgres holds (no Firestore type can hold it)",
+            ()),
+        b: (cannot + "date '0044-03-15 BC' at metrics.firstOrderDate is a value only Postgres holds (no Firestore type "
+                     "can hold it)", ()),
+        c: (cannot + f"integer {str(10**400)[:57]}... at customAttributes.big is outside Firestore's 64-bit range",
+            ())}
+    col = fs_client.collection("customers")
+    before = {k: col.document(k).get().update_time for k in (a, b, c)}
+    applied = engine.run_audit(dataclasses.replace(settings, repair=dataclasses.replace(
+        settings.repair, max_drift_ratio=1.0)), ["customers"], repair=Options(apply=True), ids=(a, b, c)).entities[0]
+    assert {f.key.rpartition("/")[2]: (f.repair.status, f.repair.reason) for f in applied.findings} == {
+        k: (RepairStatus.FAILED, r.reason) for k, r in planned.items()}
+    assert {k: col.document(k).get().update_time for k in (a, b, c)} == before  # never written
     # the canonical Postgres record written Firestore's way keeps them unwritable
     conn = pg_source.connect(pg_dsn)
     try:

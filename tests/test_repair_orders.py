@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import random
 from pathlib import Path
 
 import psycopg
 import pytest
+from google.cloud.firestore_v1 import GeoPoint
 from psycopg.types.json import Jsonb
 
 from reconciler import repair as repair_module
 from reconciler.config import load_settings
 from reconciler.engine import run_audit
 from reconciler.repair import LOG_TABLE, Options
+from reconciler.report import to_dict
 from reconciler.result import RepairAction, RepairStatus
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -234,3 +237,94 @@ def test_a_write_postgres_rejects_is_failed_rolled_back_and_logged(orders_loaded
         assert conn.execute("SELECT email FROM orders WHERE id = 'ord_1000'").fetchone()[0] == "buyer0@example.com"
         assert conn.execute(f"SELECT postgres_status, error_message IS NOT NULL FROM {LOG_TABLE}").fetchall() == [
             ("failed", True)]
+
+
+# ------------------------------------------------------------------------------------------ values jsonb cannot hold
+
+def test_a_value_inside_json_that_jsonb_cannot_hold_fails_its_record_with_the_field_path(orders_loaded, pg_dsn,
+                                                                                        fs_client, tmp_path):
+    """note_attributes is jsonb without `json:` rules. A Timestamp, a GeoPoint, a reference or bytes in it
+    (Firestore is the truth) cannot be written as what they are: as text or an array they would never equal the
+    truth, and every run would write them again. Each such record fails with the field path and why; the others
+    are repaired, the report is written."""
+    settings, _ = orders_loaded
+    placed = dt.datetime(2025, 3, 1, 12, tzinfo=dt.timezone.utc)
+    bad = {
+        "ord_1000": ({"gift": True, "placed_at": placed}, "note_attributes.placed_at: a timestamp inside JSON"),
+        "ord_1001": ({"where": GeoPoint(52.5, 13.4)}, "note_attributes.where: a GeoPoint inside JSON"),
+        "ord_1002": ({"by": fs_client.document("users/u1")}, "note_attributes.by: a document reference inside JSON"),
+        "ord_1003": ({"sig": b"\x00\x01"}, "note_attributes.sig: bytes inside JSON"),
+        "ord_1004": ([placed], "note_attributes[0]: a timestamp inside JSON"),  # jsonb holding an array
+        "ord_1006": ({"rate": math.nan}, "note_attributes.rate: nan inside JSON"),
+    }
+    for oid, (value, _) in bad.items():
+        fs_client.document(f"orders/{oid}").update({"note_attributes": value})
+    fs_client.document("orders/ord_1005").update({"email": "new@example.com"})
+    held = note_attributes(pg_dsn)
+
+    for attempt in (1, 2):  # and a second run does not write them either
+        result = run_audit(settings, ["orders"], repair=Options(apply=True))
+        (e,) = result.entities
+        assert e.error is None, e.error
+        got = {f.key: (f.repair.status, f.repair.reason) for f in e.findings}
+        for oid, (_, why) in bad.items():
+            status, reason = got[f"orders/{oid}"]
+            assert status == RepairStatus.FAILED and reason.startswith(f"postgres cannot hold this write: {why}"), reason
+        assert "`json: {timestamps: iso}`" in got["orders/ord_1000"][1]
+        assert got.get("orders/ord_1005", (RepairStatus.APPLIED,))[0] == RepairStatus.APPLIED
+        assert result.failed and e.repair.failed == len(bad)
+        assert to_dict(result)["entities"][0]["repair"]["failed"] == len(bad)
+    assert note_attributes(pg_dsn) == held  # not written at all
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT email FROM orders WHERE id = 'ord_1005'").fetchone()[0] == "new@example.com"
+        statuses = conn.execute(f"SELECT entity_id, postgres_status FROM {LOG_TABLE}").fetchall()
+    assert sorted(statuses) == sorted([(f"orders/{oid}", "failed") for oid in bad] * 2 + [("orders/ord_1005", "applied")])
+
+
+def note_attributes(dsn: str) -> dict[str, str]:
+    with psycopg.connect(dsn) as conn:
+        return dict(conn.execute("SELECT id, note_attributes::text FROM orders"))
+
+
+# ------------------------------------------------------------------------------------------ only what differs
+
+def test_only_the_columns_that_differ_are_written_and_the_rest_keeps_postgres_form(orders_loaded, pg_dsn, fs_client,
+                                                                                   tmp_path):
+    """A row holding NaN where the truth does too is not rewritten; nor is a column that equals the truth, such as
+    jsonb text naming the instant of the truth's Timestamp (`json: {timestamps: iso}`), which keeps its own text
+    also inside a jsonb value that is rewritten for another difference."""
+    _, data = orders_loaded
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    text = (FIXTURES / "rules" / "orders.yaml").read_text()
+    assert "  note_attributes:\n" in text
+    (rules / "orders.yaml").write_text(text.replace("  note_attributes:\n", "  note_attributes: {json: {timestamps: iso}}\n"))
+    settings = load_settings(None, env={"RECONCILER_PG_DSN": pg_dsn, "GOOGLE_CLOUD_PROJECT": fs_client.project,
+                                        "RECONCILER_RULES_DIR": str(rules)})
+    settings = dataclasses.replace(settings, repair=dataclasses.replace(settings.repair, max_drift_ratio=1.0))
+    at_text = "2025-01-01T10:00:00+01:00"  # what Postgres holds; Firestore has the Timestamp of that instant
+    at = dt.datetime(2025, 1, 1, 9, tzinfo=dt.timezone.utc)
+    with psycopg.connect(pg_dsn) as conn:
+        for oid in ("ord_1000", "ord_1001"):
+            conn.execute("UPDATE orders SET note_attributes = note_attributes || jsonb_build_object('at', %s::text) "
+                         "WHERE id = %s", (at_text, oid))
+        conn.execute("UPDATE order_line_items SET price = 'NaN' WHERE order_id = 'ord_1000'")
+        conn.execute("UPDATE orders SET email = 'stale@example.com' WHERE id = 'ord_1000'")
+    fs_client.document("orders/ord_1000").update({
+        "note_attributes.at": at, "line_items": [dict(x, price=math.nan) for x in data[0][0]["line_items"]]})
+    fs_client.document("orders/ord_1001").update({"note_attributes.at": at, "note_attributes.gift": True})
+
+    (e,) = run_audit(settings, ["orders"], repair=Options()).entities
+    writes = {f.key: f.repair.writes for f in e.findings}
+    assert writes["orders/ord_1000"] == ({"side": "postgres", "op": "upsert", "table": "orders",
+                                          "key": {"id": "ord_1000"}, "values": {"email": "buyer0@example.com"}},)
+    assert writes["orders/ord_1001"] == ({"side": "postgres", "op": "upsert", "table": "orders", "key": {"id": "ord_1001"},
+                                          "values": {"note_attributes": {"gift": True, "channel": {"name": "web"},
+                                                                         "at": at_text}}},)
+    (e,) = run_audit(settings, ["orders"], repair=Options(apply=True)).entities
+    assert not e.failed and e.repair.done == 2
+    with psycopg.connect(pg_dsn) as conn:
+        assert dict(conn.execute("SELECT id, note_attributes->>'at' FROM orders WHERE id IN ('ord_1000', 'ord_1001')")) \
+            == {"ord_1000": at_text, "ord_1001": at_text}
+        assert conn.execute("SELECT (note_attributes->>'gift')::bool FROM orders WHERE id = 'ord_1001'").fetchone()[0]
+    assert run_audit(settings, ["orders"]).entities[0].findings == ()

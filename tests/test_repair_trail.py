@@ -8,6 +8,7 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import threading
 from pathlib import Path
 
 import psycopg
@@ -26,6 +27,7 @@ from reconciler.engine import run_audit
 from reconciler.repair import LOG_TABLE, Options
 from reconciler.report import render_html, to_dict, write_reports
 from reconciler.result import RepairStatus
+from reconciler.sources import postgres as pg_source
 from reconciler.sources.firestore import FirestoreWriter, FsDoc, FsWrite, holds, stamp, value_problem
 
 ROOT = Path(__file__).parents[1]
@@ -47,6 +49,13 @@ def drifted(settings) -> set[str]:
     e = run_audit(settings, ["customers"]).entities[0]
     assert e.error is None, e.error
     return {f.key for f in e.findings}
+
+
+def age(dsn: str) -> None:
+    """Make every pending trail row as old as a row a dead run left long ago."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute(f"UPDATE {LOG_TABLE} SET created_at = created_at - interval '1 day' "
+                     "WHERE firestore_status = 'pending'")
 
 
 class ProcessDied(BaseException):
@@ -116,11 +125,40 @@ def test_nan_in_postgres_the_written_side_does_not_stop_a_repair_toward_postgres
 
 # ------------------------------------------------------------------------------------------ 4: written ahead
 
+def kill_the_tools_backend(dsn: str) -> list[tuple]:
+    """pg_terminate_backend on the tool's own connection to this test's database."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                            "AND application_name = 'reconciler' AND pid <> pg_backend_pid()").fetchall()
+
+
+def kill_after_commit(monkeypatch, dsn: str, n: int) -> list:
+    """After the n-th batch commit has landed, the tool's backend is terminated: that batch's trail update meets a
+    dead connection, and the engine starts the repair over on a new one. Returns what was killed."""
+    killed = []
+    calls = wrap_commit(monkeypatch, after=lambda: killed.extend(kill_the_tools_backend(dsn)) if len(calls) == n
+                        else None, times=10**6)
+    return killed
+
+
+def in_report(entity: dict) -> list[str]:
+    """The key of every write the JSON report says landed, once per entry: findings, this run's earlier attempt,
+    other runs' rows settled."""
+    r = entity["repair"]
+    return sorted([f["key"] for f in entity["findings"] if f.get("repair", {}).get("status") == "applied"]
+                  + [x["key"] for x in r["earlier"] if x["status"] == "applied"]
+                  + [x["key"] for x in r["resolved"] if x["status"] == "applied"])
+
+
 def test_a_connection_killed_between_the_firestore_commit_and_its_trail_row_loses_no_write(customers_loaded, fs_client,
                                                                                             pg_dsn, tmp_path,
                                                                                             monkeypatch):
+    """Four batches; the connection dies after the second one landed. Every write that landed has exactly one trail
+    row, `applied`, and the report lists each once: the first two batches as the earlier attempt's, the rest as
+    findings; the summary counts all of them."""
     settings, people = customers_loaded
-    settings = lenient(settings)
+    settings = dataclasses.replace(settings, repair=dataclasses.replace(settings.repair, max_drift_ratio=1.0,
+                                                                         batch_size=10))
     col = fs_client.collection("customers")
     keys = []
     for p in people:
@@ -131,30 +169,96 @@ def test_a_connection_killed_between_the_firestore_commit_and_its_trail_row_lose
         col.document(p.id).collection("addresses").document(addr_id).update({"city": "Atlantis"})
         keys.append(f"customers/{p.id}/addresses/{addr_id}")
     assert len(keys) == 40
-    killed = []
-
-    def kill_the_tools_backend():  # the commit has landed; the trail's next statement meets a dead connection
-        with psycopg.connect(pg_dsn, autocommit=True) as conn:
-            killed.extend(conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND application_name = 'reconciler' AND pid <> pg_backend_pid()").fetchall())
-
-    wrap_commit(monkeypatch, after=kill_the_tools_backend)
+    killed = kill_after_commit(monkeypatch, pg_dsn, 2)
     result = run_audit(settings, ["customers"], repair=Options(apply=True))
     assert killed == [(True,)], "the tool's backend was not terminated: nothing was tested"
     e = result.entities[0]
-    assert e.error is None
+    assert e.error is None and e.repair.refused is None
 
     rows = trail(pg_dsn)
     assert sorted(r[0] for r in rows) == sorted(keys)  # every write that landed: exactly one row
     assert {r[1] for r in rows} == {"applied"}
-    assert {r[3] for r in rows} == {result.run_id}  # settled by this run, after its reconnect
-    assert {(x.key, x.status, x.run_id) for x in e.repair.resolved} == {(k, "applied", result.run_id) for k in keys}
+    assert [r[3] for r in rows] == [None] * 10 + [result.run_id] * 10 + [None] * 20  # batch 2 settled after the reconnect
+    assert (e.repair.done, e.repair.failed, e.repair.skipped) == (40, 0, 0) and e.repair.resolved == ()
+    assert [(x.key, x.status) for x in e.repair.earlier] == [(r[0], "applied") for r in rows[:20]]
     report = json.loads(write_reports(result, tmp_path).json.read_text())
-    resolved = report["entities"][0]["repair"]["resolved"]
-    assert sorted(x["key"] for x in resolved) == sorted(keys) and {x["status"] for x in resolved} == {"applied"}
-    assert "settled by reading the documents back" in (tmp_path / "report.html").read_text()
+    entity = report["entities"][0]
+    assert in_report(entity) == sorted(keys)
+    assert (entity["repair"]["done"], entity["repair"]["failed"]) == (40, 0)
     assert drifted(settings) == set()
+
+
+def test_a_repair_started_over_keeps_the_max_repairs_limit(customers_loaded, fs_client, pg_dsn, monkeypatch):
+    settings, people = customers_loaded
+    settings = dataclasses.replace(settings, repair=dataclasses.replace(settings.repair, max_drift_ratio=1.0,
+                                                                         batch_size=5, max_repairs=10))
+    col = fs_client.collection("customers")
+    for p in people:
+        col.document(p.id).update({"lastName": "Wrong"})
+    killed = kill_after_commit(monkeypatch, pg_dsn, 2)  # the limit's last batch landed, then the connection died
+    e = run_audit(settings, ["customers"], repair=Options(apply=True)).entities[0]
+    assert killed
+    rows = trail(pg_dsn)
+    assert len(rows) == 10 and {r[1] for r in rows} == {"applied"}
+    assert e.repair.refused is None and e.repair.done == 10 and len(e.repair.earlier) == 10
+    assert {f.repair.reason for f in e.findings} == {
+        "not repaired: over the limit of 10 repairs per entity (--max-repairs, repair.max_repairs)"}
+    assert len(e.findings) == 20 and e.repair.skipped == 20
+
+
+def test_a_record_that_failed_before_the_reconnect_fails_once(customers_loaded, fs_client, pg_dsn, monkeypatch):
+    """The first attempt failed a record (a value Firestore refuses); after the reconnect it is still drifted, and
+    is not tried (nor recorded) a second time: one trail row, `failed`, counted once."""
+    settings, people = customers_loaded
+    settings = dataclasses.replace(settings, repair=dataclasses.replace(settings.repair, max_drift_ratio=1.0,
+                                                                         batch_size=10))
+    col = fs_client.collection("customers")
+    for p in people:
+        col.document(p.id).update({"lastName": "Wrong"})
+    first = min(people, key=lambda p: p.id)  # in the first batch
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("UPDATE customers SET custom_attributes = %s WHERE id = %s", (json.dumps({"big": 2**70}), first.id))
+    killed = kill_after_commit(monkeypatch, pg_dsn, 2)
+    e = run_audit(settings, ["customers"], repair=Options(apply=True)).entities[0]
+    assert killed
+    rows = trail(pg_dsn)
+    assert sorted(r[0] for r in rows) == sorted(f"customers/{p.id}" for p in people)
+    assert [r[0] for r in rows if r[1] == "failed"] == [f"customers/{first.id}"]
+    assert (e.repair.done, e.repair.failed, e.repair.skipped) == (29, 1, 0)
+    (f,) = [f for f in e.findings if f.key == f"customers/{first.id}"]
+    assert f.repair.status == RepairStatus.FAILED and "not tried again in this run" in f.repair.reason
+    assert "outside Firestore's 64-bit range" in f.repair.reason
+
+
+def test_a_repair_started_over_toward_postgres_reports_what_it_wrote_before(orders_loaded, pg_dsn,  # noqa: F811
+                                                                           monkeypatch):
+    """Toward Postgres each record commits with its trail row; after the connection dies half way, the writes the
+    first attempt committed are counted and reported, and not written again."""
+    settings, data = orders_loaded
+    settings = dataclasses.replace(settings, repair=dataclasses.replace(settings.repair, batch_size=4))
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("UPDATE orders SET email = 'stale@example.com'")
+    real, done, killed = repair_module._Applier._write_record, [], []
+
+    def write_record(self, p):
+        out = real(self, p)
+        done.append(out.status)
+        if len(done) == 6:
+            killed.extend(kill_the_tools_backend(pg_dsn))
+        return out
+
+    monkeypatch.setattr(repair_module._Applier, "_write_record", write_record)
+    result = run_audit(settings, ["orders"], repair=Options(apply=True))
+    assert killed == [(True,)]
+    e = result.entities[0]
+    assert e.error is None, e.error
+    with psycopg.connect(pg_dsn) as conn:
+        logged = conn.execute(f"SELECT entity_id, postgres_status FROM {LOG_TABLE} ORDER BY id").fetchall()
+    keys = sorted(f"orders/ord_{1000 + i}" for i in range(len(data)))
+    assert sorted(k for k, _ in logged) == keys and {s for _, s in logged} == {"applied"}
+    assert e.repair.done == len(keys) and not e.failed
+    assert [x.key for x in e.repair.earlier] == [k for k, _ in logged[:6]]
+    assert in_report(to_dict(result)["entities"][0]) == keys
 
 
 def test_pending_rows_of_dead_runs_are_settled_by_reading_the_documents(customers_loaded, fs_client, pg_dsn,
@@ -188,6 +292,7 @@ def test_pending_rows_of_dead_runs_are_settled_by_reading_the_documents(customer
         assert [r[1] for r in trail(pg_dsn)] == ["pending"] * 4  # run 1's rows untouched: its lock is held
     run2 = trail(pg_dsn)[3][2]
 
+    age(pg_dsn)  # past the window in which their commits could still land
     run3 = run_audit(settings, ["customers"], repair=Options(apply=True))
     e, e_run = run3.entities[0], run3.run_id
     assert {(x.run_id, x.key, x.status) for x in e.repair.resolved} == {
@@ -302,10 +407,267 @@ def test_an_outcome_that_cannot_be_read_back_is_never_guessed(customers_loaded, 
     assert f.repair.reason.startswith("outcome unknown: 504 Deadline Exceeded, and the document could not be read back")
     assert [(r[0], r[1]) for r in trail(pg_dsn)] == [(f"customers/{people[0].id}", "pending")]
 
+    age(pg_dsn)
     again = run_audit(settings, ["customers"], repair=Options(apply=True)).entities[0]
     assert [(x.key, x.status) for x in again.repair.resolved] == [(f"customers/{people[0].id}", "applied")]
     assert [(r[0], r[1]) for r in trail(pg_dsn)] == [(f"customers/{people[0].id}", "applied")]
     assert again.findings == ()
+
+
+# ------------------------------------------------------------------------------------------ commits that may still land
+
+def test_every_commit_has_a_deadline(customers_loaded, fs_client, monkeypatch):
+    """A commit without one may be answered (and land) at any time later: no other run could ever settle its row."""
+    settings, people = customers_loaded
+    for p in people[:3]:
+        fs_client.collection("customers").document(p.id).update({"lastName": "Wrong"})
+    timeouts = []
+    real = FirestoreClient.commit
+
+    def commit(self, *args, **kwargs):
+        timeouts.append(kwargs.get("timeout"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FirestoreClient, "commit", commit)
+    e = run_audit(lenient(settings), ["customers"], repair=Options(apply=True)).entities[0]
+    assert e.repair.done == 3 and timeouts
+    assert all(t is not None and 0 < t <= 60 for t in timeouts), timeouts
+
+
+def test_another_runs_recent_pending_rows_are_left_pending_until_no_commit_can_land(customers_loaded, fs_client,
+                                                                                    pg_dsn, monkeypatch):
+    """Run 1's backend died while its process may still have a commit outstanding (here: it never sent it). A run
+    starting at once must not call those rows not_applied: the commit could still land after that. It reports them
+    as pending; once they are older than any commit's window, a run settles them."""
+    settings, people = customers_loaded
+    settings = lenient(settings)
+    col = fs_client.collection("customers")
+    a1, a2, b = people[:3]
+    for p in (a1, a2):
+        col.document(p.id).update({"lastName": "Wrong"})
+
+    def die():
+        raise ProcessDied()
+
+    with monkeypatch.context() as m, pytest.raises(ProcessDied):
+        wrap_commit(m, before=die)
+        run_audit(settings, ["customers"], repair=Options(apply=True), ids=(a1.id, a2.id))
+    run1 = trail(pg_dsn)[0][2]
+
+    col.document(b.id).update({"lastName": "Wrong"})
+    soon = run_audit(settings, ["customers"], repair=Options(apply=True), ids=(b.id,)).entities[0]
+    assert {(x.run_id, x.key, x.status) for x in soon.repair.resolved} == {
+        (run1, f"customers/{a1.id}", "pending"), (run1, f"customers/{a2.id}", "pending")}
+    assert all("may still land" in x.reason for x in soon.repair.resolved)
+    assert sorted((r[0], r[1]) for r in trail(pg_dsn)) == sorted([
+        (f"customers/{a1.id}", "pending"), (f"customers/{a2.id}", "pending"), (f"customers/{b.id}", "applied")])
+
+    age(pg_dsn)
+    later = run_audit(settings, ["customers"], repair=Options(apply=True)).entities[0]
+    assert {(x.key, x.status) for x in later.repair.resolved} == {
+        (f"customers/{a1.id}", "not_applied"), (f"customers/{a2.id}", "not_applied")}
+    assert {f.key: f.repair.status for f in later.findings} == {
+        f"customers/{a1.id}": RepairStatus.APPLIED, f"customers/{a2.id}": RepairStatus.APPLIED}
+
+
+@pytest.mark.parametrize("records", [1, 3], ids=["one-write", "a-batch"])
+def test_a_write_whose_every_attempt_went_unanswered_stays_pending(customers_loaded, fs_client, pg_dsn, monkeypatch,
+                                                                   records):
+    """Every attempt ends in a deadline and the document shows none of them yet: the last one may still land, so
+    the outcome is unknown (the row stays pending), never 'not applied'."""
+    settings, people = customers_loaded
+    settings = lenient(settings)
+    chosen = people[:records]
+    for p in chosen:
+        fs_client.collection("customers").document(p.id).update({"lastName": "Wrong"})
+
+    def deadline():
+        raise gexc.DeadlineExceeded("Deadline Exceeded")
+
+    with monkeypatch.context() as m:
+        calls = wrap_commit(m, before=deadline, times=10**6)
+        m.setattr("reconciler.backoff.delay", lambda attempt, **kw: 0.0)
+        e = run_audit(settings, ["customers"], repair=Options(apply=True)).entities[0]
+    assert len(calls) == 6  # sent, and sent again five times while the documents showed no write
+    assert {f.repair.status for f in e.findings} == {RepairStatus.FAILED} and e.failed
+    assert all(f.repair.reason.startswith("outcome unknown: 504 Deadline Exceeded") and "may still land" in f.repair.reason
+               for f in e.findings), [f.repair.reason for f in e.findings]
+    assert {r[1] for r in trail(pg_dsn)} == {"pending"} and len(trail(pg_dsn)) == records
+
+    age(pg_dsn)
+    again = run_audit(settings, ["customers"], repair=Options(apply=True)).entities[0]
+    assert {x.status for x in again.repair.resolved} == {"not_applied"}
+    assert {f.repair.status for f in again.findings} == {RepairStatus.APPLIED}
+
+
+def test_no_attempt_is_sent_after_the_write_window(customers_loaded, fs_client, pg_dsn, monkeypatch):
+    """The window bounds when an attempt can still land, whatever the retries: past it, none is sent."""
+    settings, people = customers_loaded
+    fs_client.collection("customers").document(people[0].id).update({"lastName": "Wrong"})
+
+    def deadline():
+        raise gexc.DeadlineExceeded("Deadline Exceeded")
+
+    with monkeypatch.context() as m:
+        calls = wrap_commit(m, before=deadline, times=10**6)
+        m.setattr("reconciler.backoff.delay", lambda attempt, **kw: 1.0)
+        m.setattr("reconciler.sources.firestore.WRITE_WINDOW_S", 1.5, raising=False)
+        (f,) = run_audit(lenient(settings), ["customers"], repair=Options(apply=True)).entities[0].findings
+    assert 1 <= len(calls) <= 3, len(calls)  # at 0 s and about 1 s; at 2 s the window is closed
+    assert f.repair.status == RepairStatus.FAILED and f.repair.reason.startswith("outcome unknown")
+    assert [r[1] for r in trail(pg_dsn)] == ["pending"]
+
+
+def test_a_refused_retry_after_an_ambiguous_attempt_that_cannot_be_read_back_is_unknown(customers_loaded, fs_client,
+                                                                                        pg_dsn, monkeypatch):
+    """The first attempt's reply is lost; the document still shows no write, so it is sent again; meanwhile the
+    first attempt lands, so the retry's precondition fails; Firestore then cannot be read. Our own first attempt
+    may be what changed the document: unknown (the row stays pending), not 'changed during the run'."""
+    settings, people = customers_loaded
+    fs_client.collection("customers").document(people[0].id).update({"lastName": "Wrong"})
+    real_commit, real_get = FirestoreClient.commit, FirestoreClient.batch_get_documents
+    calls, down = [], []
+
+    def commit(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise gexc.DeadlineExceeded("Deadline Exceeded")  # lost on the way: not applied (yet)
+        real_commit(self, *args, **kwargs)  # the first attempt lands late
+        down.append(True)
+        return real_commit(self, *args, **kwargs)  # the retry: its precondition no longer holds
+
+    def get(self, *args, **kwargs):
+        if down:
+            raise gexc.ServiceUnavailable("connection reset")
+        return real_get(self, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(FirestoreClient, "commit", commit)
+        m.setattr(FirestoreClient, "batch_get_documents", get)
+        m.setattr("reconciler.backoff.delay", lambda attempt, **kw: 0.0)
+        (f,) = run_audit(lenient(settings), ["customers"], repair=Options(apply=True)).entities[0].findings
+    assert len(calls) == 2
+    assert f.repair.status == RepairStatus.FAILED and f.repair.reason.startswith(
+        "outcome unknown: 504 Deadline Exceeded, and the document could not be read back"), f.repair.reason
+    assert [(r[0], r[1]) for r in trail(pg_dsn)] == [(f"customers/{people[0].id}", "pending")]
+    age(pg_dsn)
+    again = run_audit(lenient(settings), ["customers"], repair=Options(apply=True)).entities[0]
+    assert [(x.key, x.status) for x in again.repair.resolved] == [(f"customers/{people[0].id}", "applied")]
+    assert again.findings == ()
+
+
+# ------------------------------------------------------------------------------------------ the run's own lock
+
+def hold_the_runs_lock(monkeypatch, dsn: str, release_after: float | None) -> list:
+    """Just before an apply takes its run's lock, another session takes it (as the server process of the run's
+    lost connection would still hold it), releasing it after `release_after` seconds (None: never). Returns the
+    holder's connections."""
+    holders = []
+    real = repair_module._Applier.__init__
+
+    def init(self, rules, sides, settings, run_id):
+        conn = psycopg.connect(dsn, autocommit=True)
+        holders.append(conn)
+        conn.execute("SELECT pg_advisory_lock(%s)", [repair_module._lock_key(run_id)])
+        if release_after is not None:
+            threading.Timer(release_after, conn.close).start()
+        real(self, rules, sides, settings, run_id)
+
+    monkeypatch.setattr(repair_module._Applier, "__init__", init)
+    return holders
+
+
+def lock_holders(dsn: str, run_id: str) -> list[str]:
+    """The application names of the sessions that hold the run's lock."""
+    key = repair_module._lock_key(run_id) & (2**64 - 1)
+    with psycopg.connect(dsn) as conn:
+        return [r[0] for r in conn.execute(
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE l.locktype = 'advisory' "
+            "AND l.granted AND l.classid::bigint = %s AND l.objid::bigint = %s AND l.database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())", [key >> 32, key & (2**32 - 1)])]
+
+
+def test_an_apply_waits_for_its_own_lock_and_holds_it_while_it_writes(customers_loaded, fs_client, pg_dsn,
+                                                                      monkeypatch):
+    settings, people = customers_loaded
+    fs_client.collection("customers").document(people[0].id).update({"lastName": "Wrong"})
+    hold_the_runs_lock(monkeypatch, pg_dsn, release_after=1.0)
+    seen = []
+    runs = []
+    real = repair_module._Applier.apply
+
+    def apply(self, batch):
+        runs.append(self.run_id)
+        seen.extend(lock_holders(pg_dsn, self.run_id))
+        return real(self, batch)
+
+    monkeypatch.setattr(repair_module._Applier, "apply", apply)
+    e = run_audit(lenient(settings), ["customers"], repair=Options(apply=True)).entities[0]
+    assert e.repair.done == 1 and runs
+    assert seen == ["reconciler"], seen  # the run's own connection holds it: other runs see it applying
+
+
+def test_an_apply_that_cannot_get_its_own_lock_writes_nothing(customers_loaded, fs_client, pg_dsn, monkeypatch):
+    settings, people = customers_loaded
+    fs_client.collection("customers").document(people[0].id).update({"lastName": "Wrong"})
+    holders = hold_the_runs_lock(monkeypatch, pg_dsn, release_after=None)
+    monkeypatch.setattr(repair_module, "LOCK_WAIT_S", 1.0, raising=False)
+    calls = wrap_commit(monkeypatch)
+    try:
+        result = run_audit(lenient(settings), ["customers"], repair=Options(apply=True))
+    finally:
+        for h in holders:
+            h.close()
+    (e,) = result.entities
+    assert calls == [] and e.error is not None and result.failed
+    assert "cannot take this run's repair lock" in e.error and result.run_id in e.error, e.error
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute(f"SELECT count(*) FROM {LOG_TABLE}").fetchone()[0] == 0
+
+
+# ------------------------------------------------------------------------------------------ the trail's JSON
+
+def test_a_settled_row_tells_integers_beyond_double_precision_apart(customers_loaded, fs_client, pg_dsn, monkeypatch):
+    """The write set 2**53 + 1; the document now holds 2**53 (someone else wrote it): as doubles they are equal,
+    as the integers they are, not. The row is unknown, not applied."""
+    settings, people = customers_loaded
+    settings = lenient(settings)
+    p = people[0]
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("UPDATE customers SET custom_attributes = %s WHERE id = %s",
+                     (json.dumps({"big": 2**53 + 1}), p.id))
+
+    def die():
+        raise ProcessDied()
+
+    with monkeypatch.context() as m, pytest.raises(ProcessDied):
+        wrap_commit(m, before=die)
+        run_audit(settings, ["customers"], repair=Options(apply=True))
+    fs_client.collection("customers").document(p.id).update({"customAttributes": {"big": 2**53}})
+    age(pg_dsn)
+    e = run_audit(settings, ["customers"], repair=Options(apply=True)).entities[0]
+    assert [(x.key, x.status) for x in e.repair.resolved] == [(f"customers/{p.id}", "unknown")]
+    assert fs_client.collection("customers").document(p.id).get().to_dict()["customAttributes"] == {"big": 2**53 + 1}
+
+
+JSON_NUMBERS = st.one_of(st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False, allow_infinity=False))
+
+
+@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(number=JSON_NUMBERS)
+def test_property_a_number_in_the_trail_is_the_number_firestore_holds(pg_dsn, number):
+    """What the trail keeps of a number (through a real jsonb column and the tool's own JSON loader) equals the
+    number as Firestore gives it back, and no other: the next integer, or the next double, is another number."""
+    conn = pg_source.connect(pg_dsn)
+    try:
+        stored = conn.execute("SELECT %s::jsonb", [repair_module._trail_json(number)]).fetchone()[0]
+    finally:
+        conn.close()
+    doc = FsDoc({"n": number}, None)
+    assert repair_module._holds({"op": "update", "set": {"n": stored}}, doc)
+    other = number + 1 if isinstance(number, int) else math.nextafter(number, math.inf)
+    if other != number:
+        assert not repair_module._holds({"op": "update", "set": {"n": stored}}, FsDoc({"n": other}, None))
 
 
 # ------------------------------------------------------------------------------------------ 8: refused values

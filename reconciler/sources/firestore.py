@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import math
 import os
 import re
 import time
@@ -45,6 +44,7 @@ from reconciler import backoff
 from reconciler.errors import RuntimeFailure
 from reconciler.keys import Key, Scope, sort_key
 from reconciler.rules.model import DocumentSpec
+from reconciler.values import PostgresOnly, identical
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,10 @@ CHANGED = (gexc.FailedPrecondition, gexc.NotFound, gexc.AlreadyExists)  # a prec
 AMBIGUOUS = (*TRANSIENT, gexc.Unknown, gexc.Cancelled, gexc.GatewayTimeout)
 # Refused as a whole: by the server, or by the client while encoding a value (nothing was sent)
 REFUSED = (gexc.GoogleAPICallError, ValueError, TypeError)
+# One commit's deadline; and the window after a write's trail row is recorded in which all its attempts are sent and
+# answered (or abandoned): past it (and a margin) nothing of it can land, so another run may settle its row.
+COMMIT_TIMEOUT_S = 30.0
+WRITE_WINDOW_S = 120.0
 TEXT_SLACK = dt.timedelta(hours=14)  # a local time is at most 12 h behind UTC (offsets -12:00 to +14:00): margin kept
 
 
@@ -456,7 +460,11 @@ class FirestoreWriter:
     unavailable server, a reset connection: AMBIGUOUS) may come after the server applied it, and a blind retry
     would then fail its own precondition and call our write someone else's. After such an error the documents
     are read back: one that holds exactly the write landed; one still at the version the write required did
-    not, and is sent again; any other changed since it was read."""
+    not, and is sent again; any other changed since it was read.
+
+    Every commit has a deadline (COMMIT_TIMEOUT_S), and no attempt of a write is sent after WRITE_WINDOW_S from
+    `since` (when its trail row was written): after that window, nothing this writer sent can still land, which
+    is what lets another run settle a trail row this one left pending (see repair.resolve_dead)."""
 
     def __init__(self, client: firestore.Client, *, retries: int = 5) -> None:
         self.client = client
@@ -471,21 +479,24 @@ class FirestoreWriter:
         found = {s.reference.path: s for s in snaps}
         return {p: (_doc(found[p]) if p in found and found[p].exists else None) for p in paths}
 
-    def commit(self, writes: list[FsWrite]) -> list[WriteOutcome]:
+    def commit(self, writes: list[FsWrite], since: float | None = None) -> list[WriteOutcome]:
         """All writes in one atomic batch; if Firestore (or the client, encoding them) refuses the batch, each
         write alone, so that one document that changed since it was read, or one value the client cannot
-        encode, does not hold back the others."""
+        encode, does not hold back the others. `since`: time.monotonic() before their trail rows were written."""
+        until = (time.monotonic() if since is None else since) + WRITE_WINDOW_S
         if len(writes) <= 1:
-            return [self._one(w) for w in writes]
+            return [self._one(w, until) for w in writes]
         ambiguous: Exception | None = None
         for attempt in range(1, self.retries + 2):
             try:
-                self._send(writes)
+                self._send(writes, until)
                 return [("applied", _confirmed(ambiguous))] * len(writes)
             except AMBIGUOUS as exc:
                 ambiguous = exc
+            except _OutOfTime:
+                break
             except REFUSED:
-                return [self._one(w, ambiguous) for w in writes]
+                return [self._one(w, until, ambiguous) for w in writes]
             now = self._read_back(writes)
             if now is None:
                 return [_unknown(ambiguous)] * len(writes)
@@ -493,24 +504,30 @@ class FirestoreWriter:
             if all(held):
                 return [("applied", _confirmed(ambiguous))] * len(writes)
             if not all(untouched(w, now[w.path]) for w in writes):  # not one batch's outcome: settle each alone
-                return [("applied", _confirmed(ambiguous)) if h else self._one(w, ambiguous) for w, h in zip(writes, held)]
+                return [("applied", _confirmed(ambiguous)) if h else self._one(w, until, ambiguous)
+                        for w, h in zip(writes, held)]
             if attempt <= self.retries:
                 self.reader._wait(attempt, ambiguous)
         return [_gave_up(ambiguous, self.retries)] * len(writes)
 
-    def _one(self, write: FsWrite, ambiguous: Exception | None = None) -> WriteOutcome:
+    def _one(self, write: FsWrite, until: float, ambiguous: Exception | None = None) -> WriteOutcome:
         """`ambiguous`: an error after which an earlier attempt of this write may have landed."""
         for attempt in range(1, self.retries + 2):
             try:
-                self._send([write])
+                self._send([write], until)
                 return ("applied", _confirmed(ambiguous))
             except AMBIGUOUS as exc:
                 ambiguous = exc
+            except _OutOfTime:
+                break
             except REFUSED as exc:
-                if ambiguous is not None:  # our own earlier attempt may be what changed the document
-                    now = self._read_back([write])
-                    if now is not None and holds(write, now[write.path]):
-                        return ("applied", _confirmed(ambiguous))
+                if ambiguous is None:
+                    return ("changed" if isinstance(exc, CHANGED) else "failed", _one_line(exc))
+                now = self._read_back([write])  # our own earlier attempt may be what changed the document
+                if now is None:
+                    return _unknown(ambiguous)
+                if holds(write, now[write.path]):
+                    return ("applied", _confirmed(ambiguous))
                 return ("changed" if isinstance(exc, CHANGED) else "failed", _one_line(exc))
             now = self._read_back([write])
             if now is None:
@@ -530,7 +547,10 @@ class FirestoreWriter:
         except RuntimeFailure:
             return None
 
-    def _send(self, writes: list[FsWrite]) -> None:
+    def _send(self, writes: list[FsWrite], until: float) -> None:
+        timeout = min(COMMIT_TIMEOUT_S, until - time.monotonic())
+        if timeout <= 0:
+            raise _OutOfTime()
         batch = self.client.batch()
         for w in writes:  # the client encodes each value here: a value it cannot encode raises before sending
             ref = self.client.document(w.path)
@@ -541,7 +561,11 @@ class FirestoreWriter:
                 batch.update(ref, w.fields, option=option)
             else:
                 batch.delete(ref, option=option)
-        batch.commit(retry=None)  # the client's own retry would resend after an ambiguous error: see the class doc
+        batch.commit(retry=None, timeout=timeout)  # the client's own retry would resend after an ambiguous error
+
+
+class _OutOfTime(Exception):
+    """The write window is over: no attempt may be sent any more (see FirestoreWriter)."""
 
 
 def _confirmed(ambiguous: Exception | None) -> str:
@@ -554,25 +578,27 @@ def _unknown(ambiguous: Exception | None) -> WriteOutcome:
 
 
 def _gave_up(ambiguous: Exception | None, retries: int) -> WriteOutcome:
-    return ("failed", f"{_one_line(ambiguous) if ambiguous else 'no reply'} (after {retries} retries; not applied: "
-                      "the document shows no write)")
+    """Every attempt ended without a reply while the document showed none of them: the last one may still land."""
+    return ("unknown", f"outcome unknown: {_one_line(ambiguous) if ambiguous else 'no reply'} (after {retries} "
+                       "retries, or the write window closed); the document showed no write yet, and the last attempt "
+                       "may still land")
 
 
 def holds(write: FsWrite, doc: FsDoc | None) -> bool:
     """Whether the document holds exactly what the write wrote (a delete: it is gone), as Firestore stores
-    it: an integer is no double and no boolean, NaN is NaN."""
+    it: an integer is no double and no boolean, NaN is NaN (values.identical)."""
     if write.op == "delete":
         return doc is None
     if doc is None:
         return False
     if write.op == "create":
-        return _same(write.fields, doc.fields)
+        return identical(write.fields, doc.fields)
     for path, value in write.fields.items():
         found, got = field_at(doc.fields, path)
         if value is firestore.DELETE_FIELD:
             if found:
                 return False
-        elif not found or not _same(value, got):
+        elif not found or not identical(value, got):
             return False
     return True
 
@@ -601,18 +627,6 @@ def field_at(fields: dict[str, Any], path: str) -> tuple[bool, Any]:
     return True, value
 
 
-def _same(sent: Any, got: Any) -> bool:
-    if isinstance(sent, dict) and isinstance(got, dict):
-        return sent.keys() == got.keys() and all(_same(v, got[k]) for k, v in sent.items())
-    if isinstance(sent, (list, tuple)) and isinstance(got, list):
-        return len(sent) == len(got) and all(map(_same, sent, got))
-    if isinstance(sent, dt.datetime) and isinstance(got, dt.datetime):  # DatetimeWithNanoseconds comes back
-        return sent == got
-    if isinstance(sent, float) and isinstance(got, float) and math.isnan(sent):
-        return math.isnan(got)
-    return type(sent) is type(got) and sent == got
-
-
 # ------------------------------------------------------------------------------------------ what Firestore holds
 
 INT64 = range(-(2**63), 2**63)
@@ -631,7 +645,7 @@ def _problem(v: Any, where: str) -> str | None:
     if v is None or isinstance(v, (bool, float, bytes, GeoPoint, DocumentReference)):
         return None
     if isinstance(v, int):
-        return None if v in INT64 else f"integer {v}{at} is outside Firestore's 64-bit range"
+        return None if v in INT64 else f"integer {_short(v)}{at} is outside Firestore's 64-bit range"
     if isinstance(v, str):
         return _text_problem(v, at)
     if isinstance(v, dt.datetime):
@@ -650,6 +664,8 @@ def _problem(v: Any, where: str) -> str | None:
             if problem:
                 return problem
         return None
+    if isinstance(v, PostgresOnly):
+        return f"{v!r}{at} is a value only Postgres holds (no Firestore type can hold it)"
     return f"{type(v).__name__} {_short(v)}{at} is not a value Firestore holds"
 
 
@@ -677,16 +693,11 @@ def _short(v: Any) -> str:
 
 
 def write_problem(write: FsWrite) -> str | None:
-    """Why Firestore would refuse this write's values (the field path and why), or None."""
+    """Why Firestore would refuse this write's values (the field path and why), or None. An update's field paths
+    are checked as they are made (FieldPath refuses an empty part with an error naming neither part nor path)."""
     if write.op == "delete":
         return None
     if write.op == "create":
         return _problem(write.fields, "")
-    for path, value in write.fields.items():
-        parts = FieldPath.from_api_repr(path).parts
-        problem = next(filter(None, (name_problem(p, ".".join(parts[:i])) for i, p in enumerate(parts))), None)
-        if problem is None and value is not firestore.DELETE_FIELD:
-            problem = _problem(value, path)
-        if problem:
-            return problem
-    return None
+    return next(filter(None, (_problem(v, path) for path, v in write.fields.items()
+                              if v is not firestore.DELETE_FIELD)), None)

@@ -28,7 +28,7 @@ from psycopg.types.string import TextLoader
 from reconciler.errors import ConfigError, RuntimeFailure
 from reconciler.keys import Key, Scope, SortKey, numeric_id, order_text
 from reconciler.rules.model import Column, DocumentSpec, Embed, Reference
-from reconciler.values import PostgresOnly
+from reconciler.values import PostgresOnly, map_strings
 
 T = TypeVar("T")
 Row = tuple[Any, ...]
@@ -489,13 +489,7 @@ def text_safe(value: str) -> str:
 def jsonb_safe(value: Any) -> Any:
     """jsonb cannot hold NUL characters: they are written as the text \\u0000 (audit trails and checkpoints are
     for people to read; the value itself is never written back)."""
-    if isinstance(value, str):
-        return text_safe(value)
-    if isinstance(value, dict):
-        return {jsonb_safe(k): jsonb_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [jsonb_safe(v) for v in value]
-    return value
+    return map_strings(value, text_safe)
 
 
 def _adapt(value: Any, udt: str) -> Any:
