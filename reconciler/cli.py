@@ -181,8 +181,14 @@ def _repair_lines(e: EntityResult) -> list[str]:
             lines.append(f"    {f.repair.action.value} {f.key}: {f.repair.status.value}{reason}")
         if not r.applied:
             lines.extend(f"      {_write_line(w)}" for w in f.repair.writes)
-    for x in r.resolved:  # trail rows an earlier run left pending (it died between a write and its outcome)
-        lines.append(f"    settled {x.action.value} {x.key} (left pending by run {x.run_id}): {x.status} ({x.reason})")
+    if r.earlier:  # this run's own writes before its Postgres connection was lost (the repair started over)
+        lines.append(f"    {sum(x.status == 'applied' for x in r.earlier):,} of them written before the Postgres "
+                     "connection was lost and the repair started over")
+        lines.extend(f"    {x.action.value} {x.key}: {x.status} before the reconnect ({x.reason})"
+                     for x in r.earlier if x.status != "applied")
+    for x in r.resolved:  # trail rows another run left pending (it died between a write and its outcome)
+        verb = "not yet settled" if x.status == "pending" else "settled"
+        lines.append(f"    {verb} {x.action.value} {x.key} (left pending by run {x.run_id}): {x.status} ({x.reason})")
     return lines
 
 

@@ -805,14 +805,20 @@ def test_the_report_lists_settled_rows_with_their_outcome():
 
     t = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
     resolved = (Resolved("run-a", "customers/1", RepairAction.UPDATE, "unknown", "overwritten since"),)
-    e = EntityResult("customers", "postgres", Counts(), (), False, repair=RepairSummary("firestore", True,
-                                                                                        resolved=resolved))
+    earlier = (Resolved("r", "customers/2", RepairAction.UPDATE, "applied", ""),
+               Resolved("r", "customers/3", RepairAction.CREATE, "failed", "refused"))
+    e = EntityResult("customers", "postgres", Counts(), (), False, repair=RepairSummary(
+        "firestore", True, resolved=resolved, earlier=earlier))
     report = to_dict(RunResult("r", "repair", t, t, (e,)))
     assert report["entities"][0]["repair"]["resolved"] == [
         {"run_id": "run-a", "key": "customers/1", "action": "update", "status": "unknown", "reason": "overwritten since"}]
-    assert "update customers/1 (run run-a): unknown: overwritten since" in render_html(report)
+    html = render_html(report)
+    assert "update customers/1 (run run-a): unknown: overwritten since" in html
+    assert "update customers/2: applied</li>" in html and "create customers/3: failed: refused" in html
     from reconciler.cli import _summary
 
-    assert "settled update customers/1 (left pending by run run-a): unknown (overwritten since)" in _summary(
-        RunResult("r", "repair", t, t, (e,)))
+    text = _summary(RunResult("r", "repair", t, t, (e,)))
+    assert "settled update customers/1 (left pending by run run-a): unknown (overwritten since)" in text
+    assert "1 of them written before the Postgres connection was lost" in text
+    assert "create customers/3: failed before the reconnect (refused)" in text
 
