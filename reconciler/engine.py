@@ -24,7 +24,7 @@ import psycopg
 
 from reconciler import backoff, checkpoint, settle, stop
 from reconciler.config import Settings
-from reconciler.errors import ReconcilerError, RulesError, RuntimeFailure, UsageError
+from reconciler.errors import ReconcilerError, RulesError, RuntimeFailure, UsageError, one_line
 from reconciler.keys import Key, Scope, id_sort_key, merge_join, sort_key
 from reconciler.logs import bind_run
 from reconciler.mapping import FirestoreMapper, PostgresMapper, shape_of
@@ -306,7 +306,7 @@ def postgres_step(doing: str, conn: Any = None) -> Iterator[None]:
     except psycopg.Error as exc:
         if conn is not None:
             raise pg_source.failure(conn, exc, doing) from exc
-        raise RuntimeFailure(f"postgres: {doing}: {_one_line(exc)}") from exc
+        raise RuntimeFailure(f"postgres: {doing}: {one_line(exc)}") from exc
 
 
 class Link:
@@ -332,16 +332,12 @@ class Link:
                 if not pg_source.lost(self.sides.pg) or attempt > self.settings.postgres.reconnects:
                     raise
                 log.warning("postgres: the connection was lost while %s (%s); reconnecting (%d of %d)", doing,
-                            _one_line(exc), attempt, self.settings.postgres.reconnects)
+                            one_line(exc), attempt, self.settings.postgres.reconnects)
             self.sides.pg.close()
             time.sleep(backoff.delay(attempt))
 
     def close(self) -> None:
         self.sides.pg.close()
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def open_sides(settings: Settings, tables: Iterable[str]) -> Sides:
@@ -460,7 +456,7 @@ def run_audit(settings: Settings, entities: Iterable[str], *, ids: tuple[str, ..
                 raise
             except Exception as exc:  # a bug or a library's surprise: this entity fails, the others, report, history go on
                 log.error("%s: unexpected %s", name, type(exc).__name__, exc_info=True, extra={"entity": name})
-                results.append(_failed(name, rules, f"unexpected {type(exc).__name__}: {_one_line(exc)}"))
+                results.append(_failed(name, rules, f"unexpected {type(exc).__name__}: {one_line(exc)}"))
     finally:
         link.close()
         if store is not None:

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def one_line(exc: BaseException, limit: int | None = None) -> str:
+    """An exception's message on one line (libraries' messages span several), at most `limit` characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if limit is None else text[:limit]
+
+
 class ReconcilerError(Exception):
     """Base of every error the CLI reports as one line (no traceback unless --debug)."""
 

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import psycopg
 
 from reconciler.config import Settings
-from reconciler.errors import RuntimeFailure
+from reconciler.errors import RuntimeFailure, one_line
 from reconciler.result import Counts, EntityResult, FieldDiff, Finding, FindingKind, RunResult
 from reconciler.sources import postgres as pg_source
 from reconciler.sources.postgres import jsonb_safe, text_safe
@@ -134,7 +134,7 @@ class History:
             self.conn.commit()
         except psycopg.Error as exc:
             self.conn.rollback()
-            raise RuntimeFailure(f"postgres: cannot create the history tables ({RUNS}, ...): {_one_line(exc)}") \
+            raise RuntimeFailure(f"postgres: cannot create the history tables ({RUNS}, ...): {one_line(exc)}") \
                 from None
 
     # ---- writing
@@ -163,7 +163,7 @@ class History:
                       list(dict.fromkeys(text_safe(d.path) for d in f.fields)))
                      for e in r.entities for f in e.findings])
         except psycopg.Error as exc:
-            raise RuntimeFailure(f"postgres: cannot record run {r.run_id} in the history: {_one_line(exc)}") from None
+            raise RuntimeFailure(f"postgres: cannot record run {r.run_id} in the history: {one_line(exc)}") from None
 
     # ---- reading
 
@@ -245,7 +245,7 @@ class History:
         try:
             return self.conn.execute(query, params).fetchall()
         except psycopg.Error as exc:
-            raise RuntimeFailure(f"postgres: cannot read the history: {_one_line(exc)}") from None
+            raise RuntimeFailure(f"postgres: cannot read the history: {one_line(exc)}") from None
         finally:
             self.conn.rollback()
 
@@ -255,10 +255,6 @@ class History:
 
 
 _FAR_FUTURE = dt.datetime(9999, 1, 1, tzinfo=dt.timezone.utc)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def last_result(settings: Settings, entities: Iterable[str], before: dt.datetime | None = None) -> RunResult | None:

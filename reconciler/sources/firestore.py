@@ -41,12 +41,16 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from proto.datetime_helpers import DatetimeWithNanoseconds
 
 from reconciler import backoff
-from reconciler.errors import RuntimeFailure
+from reconciler.errors import RuntimeFailure, one_line
 from reconciler.keys import Key, Scope, sort_key
 from reconciler.rules.model import DocumentSpec
 from reconciler.values import PostgresOnly, identical
 
 log = logging.getLogger(__name__)
+
+
+def _short_line(exc: BaseException) -> str:
+    return one_line(exc, 300)  # an API error may quote a whole request
 
 LOWEST_ID = "__id-9223372036854775808__"  # Firestore's first document ID in key order
 TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError, gexc.Aborted,
@@ -137,12 +141,12 @@ def connect(project: str | None, *, timeout: float = 10.0) -> firestore.Client:
     try:
         client = firestore.Client(project=project) if project else firestore.Client()
     except Exception as exc:  # google.auth's DefaultCredentialsError and friends: one line, no traceback
-        raise RuntimeFailure(f"firestore: cannot create a client: {_one_line(exc)}") from None
+        raise RuntimeFailure(f"firestore: cannot create a client: {_short_line(exc)}") from None
     where = os.environ.get("FIRESTORE_EMULATOR_HOST") or "Google Cloud"
     try:  # fail fast with a clear cause instead of retrying for minutes against nothing
         list(client.collections(retry=None, timeout=timeout))
     except Exception as exc:
-        raise RuntimeFailure(f"firestore: cannot reach {where} (project {client.project!r}): {_one_line(exc)}") from None
+        raise RuntimeFailure(f"firestore: cannot reach {where} (project {client.project!r}): {_short_line(exc)}") from None
     return client
 
 
@@ -171,11 +175,6 @@ def _text_after(value: Any, since: dt.datetime) -> bool:
 
 def _rfc3339(when: Instant) -> str:
     return "latest" if when is None else stamp(when)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:300]
 
 
 class FirestoreReader:
@@ -372,12 +371,12 @@ class FirestoreReader:
             except TRANSIENT as exc:
                 attempt += 1
                 if attempt > self.retries:
-                    raise RuntimeFailure(f"firestore: {_one_line(exc)} (after {self.retries} retries)") from None
+                    raise RuntimeFailure(f"firestore: {_short_line(exc)} (after {self.retries} retries)") from None
                 self._doubt = True
                 self._wait(attempt, exc)
                 continue
             except gexc.GoogleAPICallError as exc:
-                raise RuntimeFailure(f"firestore: {_one_line(exc)}") from None
+                raise RuntimeFailure(f"firestore: {_short_line(exc)}") from None
             attempt = 0
             self._doubt = self._doubt and got == 0
             if same_instant and not echoed:
@@ -433,7 +432,7 @@ class FirestoreReader:
     def _wait(self, attempt: int, exc: BaseException) -> None:
         """Back off before retry `attempt`, saying so: a night of retries should not look like a hang."""
         wait = backoff.delay(attempt)
-        log.warning("firestore: %s; retry %d of %d in %.1f s", _one_line(exc), attempt, self.retries, wait)
+        log.warning("firestore: %s; retry %d of %d in %.1f s", _short_line(exc), attempt, self.retries, wait)
         time.sleep(wait)
 
     def call(self, fn: Callable[[], Any], passthrough: tuple[type[Exception], ...] = ()) -> Any:
@@ -443,13 +442,13 @@ class FirestoreReader:
                 return fn()
             except TRANSIENT as exc:
                 if attempt == self.retries:
-                    raise RuntimeFailure(f"firestore: {_one_line(exc)} (after {self.retries} retries)") from None
+                    raise RuntimeFailure(f"firestore: {_short_line(exc)} (after {self.retries} retries)") from None
                 self._doubt = True
                 self._wait(attempt + 1, exc)
             except passthrough:
                 raise
             except gexc.GoogleAPICallError as exc:
-                raise RuntimeFailure(f"firestore: {_one_line(exc)}") from None
+                raise RuntimeFailure(f"firestore: {_short_line(exc)}") from None
         raise AssertionError("unreachable")
 
 
@@ -522,20 +521,20 @@ class FirestoreWriter:
                 break
             except REFUSED as exc:
                 if ambiguous is None:
-                    return ("changed" if isinstance(exc, CHANGED) else "failed", _one_line(exc))
+                    return ("changed" if isinstance(exc, CHANGED) else "failed", _short_line(exc))
                 now = self._read_back([write])  # our own earlier attempt may be what changed the document
                 if now is None:
                     return _unknown(ambiguous)
                 if holds(write, now[write.path]):
                     return ("applied", _confirmed(ambiguous))
-                return ("changed" if isinstance(exc, CHANGED) else "failed", _one_line(exc))
+                return ("changed" if isinstance(exc, CHANGED) else "failed", _short_line(exc))
             now = self._read_back([write])
             if now is None:
                 return _unknown(ambiguous)
             if holds(write, now[write.path]):
                 return ("applied", _confirmed(ambiguous))
             if not untouched(write, now[write.path]):
-                return ("changed", f"changed since it was read; read back after {_one_line(ambiguous)}")
+                return ("changed", f"changed since it was read; read back after {_short_line(ambiguous)}")
             if attempt <= self.retries:
                 self.reader._wait(attempt, ambiguous)
         return _gave_up(ambiguous, self.retries)
@@ -569,17 +568,17 @@ class _OutOfTime(Exception):
 
 
 def _confirmed(ambiguous: Exception | None) -> str:
-    return "" if ambiguous is None else f"confirmed by reading the document back after {_one_line(ambiguous)}"
+    return "" if ambiguous is None else f"confirmed by reading the document back after {_short_line(ambiguous)}"
 
 
 def _unknown(ambiguous: Exception | None) -> WriteOutcome:
-    return ("unknown", f"outcome unknown: {_one_line(ambiguous) if ambiguous else 'no reply'}, and the document "
+    return ("unknown", f"outcome unknown: {_short_line(ambiguous) if ambiguous else 'no reply'}, and the document "
                        "could not be read back")
 
 
 def _gave_up(ambiguous: Exception | None, retries: int) -> WriteOutcome:
     """Every attempt ended without a reply while the document showed none of them: the last one may still land."""
-    return ("unknown", f"outcome unknown: {_one_line(ambiguous) if ambiguous else 'no reply'} (after {retries} "
+    return ("unknown", f"outcome unknown: {_short_line(ambiguous) if ambiguous else 'no reply'} (after {retries} "
                        "retries, or the write window closed); the document showed no write yet, and the last attempt "
                        "may still land")
 

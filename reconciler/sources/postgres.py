@@ -25,7 +25,7 @@ from psycopg.pq import Format
 from psycopg.types.json import Jsonb, set_json_loads
 from psycopg.types.string import TextLoader
 
-from reconciler.errors import ConfigError, RuntimeFailure
+from reconciler.errors import ConfigError, RuntimeFailure, one_line
 from reconciler.keys import Key, Scope, SortKey, numeric_id, order_text
 from reconciler.rules.model import Column, DocumentSpec, Embed, Reference
 from reconciler.values import PostgresOnly, map_strings
@@ -46,12 +46,12 @@ def connect(dsn: str, *, application_name: str = "reconciler", lock_timeout_s: f
         psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
         # libpq quotes the pieces it could not parse, which may be (part of) a password: never repeated here
-        masked = re.sub(r'"([^"]*)"', lambda m: m[0] if len(m[1]) <= 1 else '"..."', _one_line(exc))
+        masked = re.sub(r'"([^"]*)"', lambda m: m[0] if len(m[1]) <= 1 else '"..."', one_line(exc))
         raise ConfigError(f"not a valid connection string ({masked})", key="postgres.dsn") from None
     try:
         conn = psycopg.connect(dsn, connect_timeout=10, application_name=application_name)
     except psycopg.Error as exc:
-        raise RuntimeFailure(f"postgres: cannot connect: {_one_line(exc)}") from None
+        raise RuntimeFailure(f"postgres: cannot connect: {one_line(exc)}") from None
     register_loaders(conn)
     _TIMEOUTS[conn] = {"lock_timeout": lock_timeout_s, "statement_timeout": statement_timeout_s}
     # the text of dates, intervals and floats is the canonical form of some values: the same whatever the server's
@@ -64,7 +64,7 @@ def connect(dsn: str, *, application_name: str = "reconciler", lock_timeout_s: f
         conn.commit()
     except psycopg.Error as exc:
         conn.close()
-        raise RuntimeFailure(f"postgres: cannot set up the session: {_one_line(exc)}") from None
+        raise RuntimeFailure(f"postgres: cannot set up the session: {one_line(exc)}") from None
     return conn
 
 
@@ -79,7 +79,7 @@ _SETTING = {"lock_timeout": "postgres.lock_timeout_s", "statement_timeout": "pos
 
 def failure(conn: psycopg.Connection, exc: psycopg.Error, doing: str = "") -> RuntimeFailure:
     """The RuntimeFailure for a failed statement; one cancelled by a timeout of ours says which, and how to raise it."""
-    message = f"postgres: {doing + ': ' if doing else ''}{_one_line(exc)}"
+    message = f"postgres: {doing + ': ' if doing else ''}{one_line(exc)}"
     fired = timeout_fired(exc)
     if fired is not None:
         limit = _TIMEOUTS.get(conn, {}).get(fired, 0)
@@ -200,10 +200,6 @@ _ID_PATTERNS = {
     "uuid": re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"),
     **{t: re.compile(r"-?[1-9][0-9]*|0") for t in ("int2", "int4", "int8", "numeric")},
 }
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _text(column: str, alias: str = "t") -> sql.Composable:
