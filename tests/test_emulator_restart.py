@@ -127,9 +127,10 @@ def _summary(result):
 
 def test_an_audit_whose_emulator_restarts_from_an_export_mid_sweep_reports_what_an_uninterrupted_one_does(
         emulator, client, pg_dsn, caplog):
-    """As tests/test_faults.py::test_the_real_emulator_stopped_and_started_again_mid_sweep, with the re-read after
-    the settle delay capped at 5 records (audit.max_findings): the false `missing_in_firestore` of the documents the
-    resumed stream no longer saw as of the old instant would outnumber it and be reported."""
+    """The emulator process stopped while the sweep streams subcollection documents and started again on the same
+    port from its export: the sweep retries with backoff, notices the lost instant and reads on. The re-read after
+    the settle delay is capped at 5 records (audit.max_findings), so false `missing_in_firestore` of the documents
+    a resumed stream no longer saw as of the old instant would outnumber it and be reported."""
     from demo import customers
     from reconciler.config import load_settings
 

@@ -4,10 +4,12 @@ the result of an uninterrupted run: no record skipped, none counted twice, no ha
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -29,6 +31,19 @@ def _drift(people, fs_client, pg_dsn):
     fs_client.collection("customers").document(people[-1].id).delete()
     with psycopg.connect(pg_dsn) as conn:
         conn.execute("UPDATE customers SET phone = '+000' WHERE id = %s", (people[7].id,))
+
+
+@contextlib.contextmanager
+def _in_the_background(fn: Callable[[threading.Event], None]) -> Iterator[None]:
+    """fn(stop) on a thread while the block runs; stop is set, and the thread joined, when it ends."""
+    stop = threading.Event()
+    thread = threading.Thread(target=fn, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
 
 
 def _terminate_when_fetching(admin_dsn: str, killed: list[int], stop: threading.Event,
@@ -54,14 +69,9 @@ def test_postgres_backend_terminated_mid_stream(customers_loaded, fs_client, pg_
     _drift(people, fs_client, pg_dsn)
     uninterrupted = _summary(run_audit(settings, ["customers"]))
     slow = dataclasses.replace(settings, postgres=dataclasses.replace(settings.postgres, itersize=1))
-    killed, stop = [], threading.Event()
-    killer = threading.Thread(target=_terminate_when_fetching, args=(pg_dsn, killed, stop), daemon=True)
-    killer.start()
-    try:
+    killed: list[int] = []
+    with _in_the_background(lambda stop: _terminate_when_fetching(pg_dsn, killed, stop)):
         interrupted = _summary(run_audit(slow, ["customers"]))
-    finally:
-        stop.set()
-        killer.join(timeout=10)
     assert killed, "the backend was never terminated: nothing was tested"
     assert interrupted == uninterrupted
 
@@ -239,14 +249,9 @@ def test_a_failed_audit_resumes_from_its_checkpoint(customers_loaded, fs_client,
     uninterrupted = _summary(run_audit(settings, ["customers"]))
     fragile = dataclasses.replace(settings, checkpoint_every=3,
                                   postgres=dataclasses.replace(settings.postgres, itersize=1, reconnects=0))
-    killed, stop = [], threading.Event()
-    killer = threading.Thread(target=_terminate_when_fetching, args=(pg_dsn, killed, stop, True), daemon=True)
-    killer.start()
-    try:
+    killed: list[int] = []
+    with _in_the_background(lambda stop: _terminate_when_fetching(pg_dsn, killed, stop, True)):
         failed = run_audit(fragile, ["customers"])
-    finally:
-        stop.set()
-        killer.join(timeout=10)
     assert killed and failed.entities[0].error  # "terminating connection..." or "server closed the connection..."
     with psycopg.connect(pg_dsn) as conn:
         collection, last_key, tally = conn.execute(
@@ -262,70 +267,6 @@ def test_a_failed_audit_resumes_from_its_checkpoint(customers_loaded, fs_client,
     restored = sum(tally["counts"].get(k, 0) for k in ("matched", "mismatched", "missing_in_firestore",
                                                            "missing_in_postgres"))
     assert sum(swept.values()) == counts.matched + counts.drifted - restored  # compared: only what was left
-
-
-def test_the_real_emulator_stopped_and_started_again_mid_sweep(pg_dsn, tmp_path, monkeypatch, caplog):
-    """The Firestore emulator process itself is stopped while the sweep streams subcollection documents and
-    started again on the same port with the same data (the emulator keeps data in memory: it is exported through
-    the emulator's own export endpoint beforehand; nothing writes during the sweep): the sweep retries with
-    backoff until it answers, resumes after the last document it had, and gives the uninterrupted result."""
-    import json
-    import logging
-    import urllib.request
-
-    from google.cloud import firestore
-
-    from demo import customers
-    from reconciler import sandbox
-    from reconciler.config import load_settings
-
-    export = tmp_path / "export"
-    export.mkdir()
-    emu = sandbox.start_firestore_emulator()
-    port = int(emu.host.rsplit(":", 1)[1])
-    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", emu.host)
-    servers = [emu]
-    try:
-        people = customers.generate(120, seed=7)
-        client = firestore.Client(project="test-restart")
-        with psycopg.connect(pg_dsn) as conn:
-            customers.load(conn, client, people)
-        _drift(people, client, pg_dsn)
-        settings = load_settings(None, env={"RECONCILER_PG_DSN": pg_dsn, "GOOGLE_CLOUD_PROJECT": "test-restart",
-                                            "RECONCILER_RULES_DIR": str(RULES)})
-        assert settings.recent_s > 0  # the import restamps every document after the sweep: no write, no in flight
-        uninterrupted = _summary(run_audit(settings, ["customers"]))
-        body = {"database": "projects/test-restart/databases/(default)", "export_directory": str(export)}
-        urllib.request.urlopen(urllib.request.Request(
-            f"http://{emu.host}/emulator/v1/projects/test-restart:export", data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"}, method="POST"), timeout=60)
-        (saved,) = export.glob("*/*.overall_export_metadata")
-
-        roots_done, restarted = threading.Event(), threading.Event()
-
-        def stop_and_start_again() -> None:
-            roots_done.wait(timeout=60)
-            emu.stop()
-            servers.append(sandbox.start_firestore_emulator(port=port, args=(f"--import-data={saved}",)))
-            restarted.set()
-
-        def progress(entity: str, collection: str, n: int, drifted: int) -> None:
-            if collection == "customers":
-                roots_done.set()  # the subcollection streams start now, and the emulator goes away under them
-
-        stopper = threading.Thread(target=stop_and_start_again, daemon=True)
-        stopper.start()
-        small_pages = dataclasses.replace(settings, firestore=dataclasses.replace(settings.firestore, page_size=2))
-        with caplog.at_level(logging.WARNING, logger="reconciler.sources.firestore"):
-            interrupted = _summary(run_audit(small_pages, ["customers"], progress=progress))
-        stopper.join(timeout=90)
-        assert restarted.is_set(), "the emulator was not started again"
-        retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
-        assert retries, "the sweep never met the stopped emulator: nothing was tested"
-        assert interrupted == uninterrupted
-    finally:
-        for server in servers:
-            server.stop()
 
 
 def _terminate(dsn: str, application_name: str) -> list[int]:
@@ -394,9 +335,9 @@ def test_the_checkpoint_connection_terminated_mid_audit(customers_loaded, fs_cli
     uninterrupted = _summary(run_audit(settings, ["customers"]))
     every3 = dataclasses.replace(settings, checkpoint_every=3,
                                  postgres=dataclasses.replace(settings.postgres, itersize=1))
-    killed, stop = [], threading.Event()
+    killed: list[int] = []
 
-    def kill_after_the_first_save() -> None:
+    def kill_after_the_first_save(stop: threading.Event) -> None:
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             while not stop.is_set():
                 if conn.execute("SELECT to_regclass(%s) IS NOT NULL", [checkpoint.TABLE]).fetchone()[0] and \
@@ -405,13 +346,8 @@ def test_the_checkpoint_connection_terminated_mid_audit(customers_loaded, fs_cli
                     return
                 time.sleep(0.001)
 
-    killer = threading.Thread(target=kill_after_the_first_save, daemon=True)
-    killer.start()
-    try:
+    with _in_the_background(kill_after_the_first_save):
         result = run_audit(every3, ["customers"])
-    finally:
-        stop.set()
-        killer.join(timeout=10)
     assert killed, "the checkpoint backend was never terminated: nothing was tested"
     assert _summary(result) == uninterrupted
     with psycopg.connect(pg_dsn) as conn:

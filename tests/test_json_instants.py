@@ -130,6 +130,11 @@ def _write_and_read(conn, schema, record: dict) -> dict:
     row = to_postgres(DOC, "k", record)["things"][0]
     pg_source.upsert_row(conn, "things", {"id": "k"}, {c: v for c, v in row.items() if c != "id"}, schema["things"])
     conn.commit()
+    return _read(conn, schema)
+
+
+def _read(conn, schema) -> dict:
+    """The one row of `things`, read and mapped as the sweep does."""
     pg_source.begin_snapshot(conn)
     try:
         (key, raw), = pg_source.PostgresReader(conn, schema).stream(DOC, Scope())
@@ -158,12 +163,7 @@ def test_text_read_from_jsonb_is_written_back_unchanged(things, when, style):
     conn.execute("INSERT INTO things VALUES ('k', %s, NULL) ON CONFLICT (id) DO UPDATE SET sources = excluded.sources",
                  [Jsonb({"at": text})])
     conn.commit()
-    pg_source.begin_snapshot(conn)
-    try:
-        (key, raw), = pg_source.PostgresReader(conn, schema).stream(DOC, Scope())
-    finally:
-        conn.rollback()
-    record = PostgresMapper(DOC, CMP).record(*raw)
+    record = _read(conn, schema)
     assert record["sources"]["at"] == (when.replace(microsecond=when.microsecond // 1000 * 1000) if style == "js"
                                        else when)
     back = _write_and_read(conn, schema, record)
